@@ -1,0 +1,119 @@
+"""Image transforms of SMAT.md §6 / PMF_AND_EVAL.md §1 with PIL and torch only (no torchvision).
+
+A transform takes the decoded images of one episode and a numpy `Generator` (seeded by the episode)
+and returns one normalised float tensor `(n, 3, size, size)`. Cropping and resizing happen in a
+single PIL `resize(box=...)` call per image; colour jitter runs once on the stacked batch.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def _to_unit_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
+    """Stack same-size RGB images into a `(n, 3, H, W)` float tensor in [0, 1]."""
+    array = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
+    return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _standardise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
+    mean_t = torch.tensor(mean, dtype=pixels.dtype).view(1, 3, 1, 1)
+    std_t = torch.tensor(std, dtype=pixels.dtype).view(1, 3, 1, 1)
+    return pixels.sub_(mean_t).div_(std_t)
+
+
+class EvalTransform:
+    """Resize the shorter side to `size · resize_ratio`, centre-crop `size` (146 → 128 at 128 px), normalise."""
+
+    def __init__(
+        self,
+        size: int,
+        resize_ratio: float = 146 / 128,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.size, self.resize_ratio, self.mean, self.std = size, resize_ratio, mean, std
+
+    def __call__(self, images: Sequence[Image.Image], rng: np.random.Generator | None = None) -> torch.Tensor:
+        return _standardise(_to_unit_tensor([self._crop(image) for image in images]), self.mean, self.std)
+
+    def _crop(self, image: Image.Image) -> Image.Image:
+        width, height = image.size
+        # The centre crop of a resized image, expressed as a box of the original: one resample.
+        side = min(width, height) * self.size / round(self.size * self.resize_ratio)
+        left, top = (width - side) / 2, (height - side) / 2
+        return image.convert("RGB").resize(
+            (self.size, self.size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
+        )
+
+
+class TrainTransform:
+    """Random resized crop, horizontal flip and colour jitter (brightness, contrast, saturation), normalised.
+
+    The crop follows torchvision's `RandomResizedCrop` (area `scale`, aspect `ratio`, 10 tries then a
+    centre crop); jitter factors are drawn from [1 − jitter, 1 + jitter] and applied in a fixed order.
+    """
+
+    def __init__(
+        self,
+        size: int,
+        scale: tuple[float, float] = (0.08, 1.0),
+        ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        jitter: float = 0.4,
+        flip_probability: float = 0.5,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ) -> None:
+        self.size, self.scale, self.ratio = size, scale, ratio
+        self.jitter, self.flip_probability, self.mean, self.std = jitter, flip_probability, mean, std
+
+    def __call__(self, images: Sequence[Image.Image], rng: np.random.Generator) -> torch.Tensor:
+        crops = []
+        for image in images:
+            crop = image.convert("RGB").resize(
+                (self.size, self.size), Image.Resampling.BILINEAR, box=self._crop_box(image.size, rng)
+            )
+            if rng.uniform() < self.flip_probability:
+                crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+            crops.append(crop)
+        pixels = _to_unit_tensor(crops)
+        if self.jitter > 0:
+            pixels = self._colour_jitter(pixels, rng)
+        return _standardise(pixels, self.mean, self.std)
+
+    def _crop_box(self, image_size: tuple[int, int], rng: np.random.Generator) -> tuple[float, float, float, float]:
+        width, height = image_size
+        area = width * height
+        log_ratio = (math.log(self.ratio[0]), math.log(self.ratio[1]))
+        for _ in range(10):
+            target_area = area * rng.uniform(*self.scale)
+            aspect = math.exp(rng.uniform(*log_ratio))
+            crop_w = math.sqrt(target_area * aspect)
+            crop_h = math.sqrt(target_area / aspect)
+            if crop_w <= width and crop_h <= height:
+                left = rng.uniform(0, width - crop_w)
+                top = rng.uniform(0, height - crop_h)
+                return left, top, left + crop_w, top + crop_h
+        side = min(width, height)
+        left, top = (width - side) / 2, (height - side) / 2
+        return left, top, left + side, top + side
+
+    def _colour_jitter(self, pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
+        """Per-image brightness, contrast and saturation factors, applied to the whole batch at once."""
+        n = pixels.shape[0]
+        factors = torch.from_numpy(rng.uniform(1 - self.jitter, 1 + self.jitter, size=(3, n, 1, 1, 1))).float()
+        brightness, contrast, saturation = factors
+        luma_weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+        pixels = (pixels * brightness).clamp_(0, 1)
+        mean_luma = (pixels * luma_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        pixels = (pixels * contrast + mean_luma * (1 - contrast)).clamp_(0, 1)
+        luma = (pixels * luma_weights).sum(1, keepdim=True)
+        return (pixels * saturation + luma * (1 - saturation)).clamp_(0, 1)

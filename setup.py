@@ -1,0 +1,37 @@
+"""Packaging for hf-fewshot: few-shot image classification (SMAT, P>M>F, flat backbones) on the HF stack."""
+
+from pathlib import Path
+
+from setuptools import find_packages, setup
+
+setup(
+    name="hf-fewshot",
+    version="0.1.0.dev0",
+    description="Few-shot image classification on the Hugging Face stack: SMAT, P>M>F and SAM-trained flat backbones.",
+    long_description=Path(__file__).with_name("README.md").read_text(encoding="utf-8"),
+    long_description_content_type="text/markdown",
+    license="Apache-2.0",
+    python_requires=">=3.10",
+    packages=find_packages(include=["hf_fewshot", "hf_fewshot.*"]),
+    package_data={"hf_fewshot.data": ["minimeta_data/*", "minimeta_data/*/*"]},
+    install_requires=[
+        "torch>=2.4",
+        "transformers>=5.0",
+        "datasets>=3.0",
+        "accelerate>=1.0",
+        "peft>=0.14",
+        "huggingface_hub>=1.0",
+        "safetensors>=0.4",
+        "numpy>=1.26",
+        "pyarrow>=15",
+        "pillow>=10.0",
+        "tqdm>=4.66",
+        "matplotlib>=3.8",
+        "pyyaml>=6.0",
+    ],
+    extras_require={
+        # Rebuilding MiniMeta from its source packages (the prebuilt copy ships with the package).
+        "minimeta": ["fonttools>=4.40", "scikit-learn>=1.3"],
+        "dev": ["pytest>=8.0", "ruff>=0.6", "fonttools>=4.40", "scikit-learn>=1.3"],
+    },
+)

@@ -1,0 +1,45 @@
+"""Test-wide settings: one torch thread per process, no network, and small dataset builders."""
+
+import io
+import os
+
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import datasets  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from hf_fewshot.data.schema import domain_features  # noqa: E402
+
+torch.set_num_threads(1)
+
+
+def png_bytes(value: int, size: int = 12) -> bytes:
+    """A small PNG whose pixels encode `value`, so tests can tell images apart after decoding."""
+    rng = np.random.default_rng(value)
+    pixels = rng.integers(0, 256, size=(size, size, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_split(
+    class_sizes: list[int],
+    domain: str = "toy",
+    superclasses: list[int] | None = None,
+    corrupt_rows: set[int] = frozenset(),
+) -> datasets.Dataset:
+    """A schema-conforming split with `class_sizes[c]` distinct images of class c (rows in class order)."""
+    rows = {"image": [], "label": [], "class_name": [], "superclass": [], "domain": []}
+    for label, size in enumerate(class_sizes):
+        for k in range(size):
+            image = b"not a png" if len(rows["label"]) in corrupt_rows else png_bytes(label * 10_000 + k)
+            rows["image"].append({"bytes": image, "path": None})
+            rows["label"].append(label)
+            rows["class_name"].append(f"class_{label}")
+            rows["superclass"].append(-1 if superclasses is None else superclasses[label])
+            rows["domain"].append(domain)
+    return datasets.Dataset.from_dict(rows, features=domain_features())
