@@ -1,7 +1,16 @@
 """hf-fewshot: few-shot image classification on the Hugging Face stack (SMAT, P>M>F, flat SAM backbones)."""
 
 from hf_fewshot.data import EpisodeCollator, EpisodeSampler, load_domain
+from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
 
 __version__ = "0.1.0.dev0"
 
-__all__ = ["EpisodeCollator", "EpisodeSampler", "load_domain"]
+__all__ = [
+    "EpisodeCollator",
+    "EpisodeSampler",
+    "ProtoNetConfig",
+    "ProtoNetModel",
+    "SmatConfig",
+    "SmatModel",
+    "load_domain",
+]

@@ -1,0 +1,77 @@
+"""Configuration of SMAT, sparse interpolated experts (Chen et al., ICML 2024): every field of SMAT.md §1–§5."""
+
+import math
+
+from .prototypes import FewShotConfig
+
+
+class SmatConfig(FewShotConfig):
+    r"""
+    Defaults are the paper's DINO ViT-S/16 settings.
+
+    backbone_config / backbone_name_or_path: the frozen pre-trained backbone θ_pre.
+    num_experts (`int`, 8): M sparse experts sharing one dense delta θ_δ.
+    masked_parameter_patterns (`list[str]`): regular expressions (`re.search`) over the backbone's in-memory
+        parameter names; matching tensors get a delta and expert gates, the others stay at θ_pre.
+        Default: every parameter. E.g. `[r"attention\.", r"mlp\."]` for attention + MLP only.
+    sparsity_target (`float`, 0.9): τ, the fraction of each expert's gates driven to exactly 0.
+    logit_scale (`float`, 10.0): fixed scale of the cosine prototype head (SMAT trains no scale or bias).
+    inner_lr (`float`, 1e-3): the first-order inner SGD step on the support set.
+    teacher_lr (`float`, 5e-3), teacher_steps (`int`, 1): the dense teacher's gradient steps on the query loss.
+    kd_weight (`float`, 0.25), kd_temperature (`float`, 2.0): λ_kd and T of the distillation loss.
+    kd_reverse (`bool`, False): KL(student‖teacher) as the released code instead of KL(teacher‖student).
+    gate_beta (`float`, 2/3), gate_beta_eval (`float`, 1.0): hard-concrete temperature in training / eval.
+    gate_gamma (`float`, -0.1), gate_zeta (`float`, 1.1): the stretch interval of the hard-concrete gates.
+    gate_noise (`float`, 0.0): width of the uniform noise u around 0.5 (0 = deterministic as the release, 1 = full).
+    gate_init_std (`float`, 0.5): gate logits log α start at N(0, std²).
+    gate_logit_min / gate_logit_max (`float`, ln 0.01 / ln 100): the clamp of log α.
+    router_num_skill_tokens (`int`, 4), router_num_heads (`int`, 4), router_mlp_ratio (`float`, 2.0): the router block.
+    router_tau_start (`float`, 5.0), router_tau_min (`float`, 0.5), router_tau_decay_tasks (`float`, 4000):
+        router relaxation τ_r = max(min, start − n / decay) over n training tasks seen.
+    router_logit_penalty (`float`, 1e-4): weight of mean(ℓ²) on the router logits.
+    router_top_k (`int`, *optional*): keep only the k highest-scoring experts (default: all, as the paper).
+    """
+
+    model_type = "fewshot_smat"
+
+    num_experts: int = 8
+    masked_parameter_patterns: list[str] | None = None
+    sparsity_target: float = 0.9
+    inner_lr: float = 1e-3
+    teacher_lr: float = 5e-3
+    teacher_steps: int = 1
+    kd_weight: float = 0.25
+    kd_temperature: float = 2.0
+    kd_reverse: bool = False
+    gate_beta: float = 2 / 3
+    gate_beta_eval: float = 1.0
+    gate_gamma: float = -0.1
+    gate_zeta: float = 1.1
+    gate_noise: float = 0.0
+    gate_init_std: float = 0.5
+    gate_logit_min: float = math.log(0.01)
+    gate_logit_max: float = math.log(100.0)
+    router_num_skill_tokens: int = 4
+    router_num_heads: int = 4
+    router_mlp_ratio: float = 2.0
+    router_tau_start: float = 5.0
+    router_tau_min: float = 0.5
+    router_tau_decay_tasks: float = 4000.0
+    router_logit_penalty: float = 1e-4
+    router_top_k: int | None = None
+
+    def __post_init__(self, **kwargs):
+        if self.masked_parameter_patterns is None:
+            self.masked_parameter_patterns = [".*"]
+        super().__post_init__(**kwargs)
+        if not 0.0 <= self.sparsity_target < 1.0:
+            raise ValueError(f"sparsity_target must lie in [0, 1), got {self.sparsity_target}.")
+        if self.num_experts < 1:
+            raise ValueError(f"num_experts must be ≥ 1, got {self.num_experts}.")
+        if not 0.0 <= self.gate_noise <= 1.0:
+            raise ValueError(f"gate_noise must lie in [0, 1], got {self.gate_noise}.")
+        if self.router_top_k is not None and not 1 <= self.router_top_k <= self.num_experts:
+            raise ValueError(f"router_top_k must lie in 1..num_experts, got {self.router_top_k}.")
+
+
+__all__ = ["SmatConfig"]

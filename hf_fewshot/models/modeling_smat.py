@@ -1,0 +1,390 @@
+"""SMAT: sparse interpolated experts (Chen et al., ICML 2024, arXiv 2403.08477), as specified in SMAT.md.
+
+A frozen pre-trained backbone θ_pre, one dense delta θ_δ (zero at start) and M experts, each a set of
+hard-concrete gates z_m over the delta's elements. A router reads the support set and mixes the experts
+into one task model, `θ_i = θ_pre + (Σ_m a_m z_m) ⊙ θ_δ`, which then classifies with cosine prototypes.
+
+All masked backbone tensors are flattened into one vector of N elements: `delta` is `[N]`, the gate
+logits of all experts one `[M, N]` bank, so gates, mixing and merging are a handful of tensor ops.
+The backbone runs functionally on the merged tensors (`torch.func.functional_call`).
+"""
+
+import copy
+import math
+import re
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.parametrizations import spectral_norm
+from transformers import initialization as init
+
+from .configuration_smat import SmatConfig
+from .prototypes import (
+    CosinePrototypeHead,
+    FewShotOutput,
+    FewShotPreTrainedModel,
+    FewShotTask,
+    backbone_features,
+    build_backbone,
+    check_episode,
+    class_prototypes,
+    cosine_logits,
+)
+
+
+@dataclass
+class SmatOutput(FewShotOutput):
+    """SMAT's episodic output; the loss terms are returned separately so a trainer can log them.
+
+    `loss = (1 − λ_kd)·classification_loss + λ_kd·distillation_loss + sparsity_loss + multiplier_loss
+    + router_penalty` (training); in eval mode only `classification_loss` is set and `loss` equals it.
+    """
+
+    classification_loss: torch.Tensor | None = None
+    distillation_loss: torch.Tensor | None = None
+    sparsity_loss: torch.Tensor | None = None
+    multiplier_loss: torch.Tensor | None = None
+    router_penalty: torch.Tensor | None = None
+    expert_weights: torch.Tensor | None = None
+    expert_sparsity: torch.Tensor | None = None
+    router_tau: float | None = None
+
+
+class SmatRouter(nn.Module):
+    """The hypernetwork that reads a task: prototypes + skill tokens → one transformer block → expert logits.
+
+    Tokens `[p_1..p_n ; s_1..s_K]`, one pre-norm block (multi-head attention without qkv bias, GELU MLP,
+    spectral normalisation on every Linear), task embedding = output at position 0, logits
+    `ℓ = E · K_expᵀ`. Unlike the released code, `skill_tokens` and `expert_keys` are registered parameters:
+    trained and saved.
+    """
+
+    def __init__(self, config: SmatConfig, hidden_size: int):
+        super().__init__()
+        if hidden_size % config.router_num_heads:
+            raise ValueError(
+                f"router_num_heads={config.router_num_heads} must divide the backbone width {hidden_size}."
+            )
+        mlp_size = int(hidden_size * config.router_mlp_ratio)
+        self.num_heads = config.router_num_heads
+        self.skill_tokens = nn.Parameter(torch.empty(config.router_num_skill_tokens, hidden_size))
+        self.expert_keys = nn.Parameter(torch.empty(config.num_experts, hidden_size))
+        self.attention_norm = nn.LayerNorm(hidden_size)
+        self.qkv = spectral_norm(nn.Linear(hidden_size, 3 * hidden_size, bias=False))
+        self.attention_output = spectral_norm(nn.Linear(hidden_size, hidden_size))
+        self.mlp_norm = nn.LayerNorm(hidden_size)
+        self.fc1 = spectral_norm(nn.Linear(hidden_size, mlp_size))
+        self.fc2 = spectral_norm(nn.Linear(mlp_size, hidden_size))
+
+    def reset_parameters(self) -> None:
+        init.normal_(self.skill_tokens, std=1e-3)
+        init.kaiming_normal_(self.expert_keys)
+        for linear in (self.qkv, self.attention_output, self.fc1, self.fc2):
+            weight = linear.parametrizations.weight.original
+            if not getattr(weight, "_is_hf_initialized", False):  # not loaded from a checkpoint
+                init.trunc_normal_(weight, std=0.02)
+                _restart_power_iteration(linear)
+            if linear.bias is not None:
+                init.zeros_(linear.bias)
+        for norm in (self.attention_norm, self.mlp_norm):
+            init.ones_(norm.weight)
+            init.zeros_(norm.bias)
+
+    def forward(self, prototypes: torch.Tensor) -> torch.Tensor:
+        """Expert logits `ℓ` `[M]` of the task whose class prototypes are `prototypes` `[n_way, D]`."""
+        tokens = torch.cat([prototypes, self.skill_tokens.to(prototypes.dtype)])
+        length, width = tokens.shape
+        qkv = self.qkv(self.attention_norm(tokens)).view(length, 3, self.num_heads, width // self.num_heads)
+        query, key, value = qkv.permute(1, 2, 0, 3)  # each [heads, length, head_dim]
+        attended = F.scaled_dot_product_attention(query, key, value).transpose(0, 1).reshape(length, width)
+        tokens = tokens + self.attention_output(attended)
+        tokens = tokens + self.fc2(F.gelu(self.fc1(self.mlp_norm(tokens))))
+        return tokens[0] @ self.expert_keys.T
+
+
+@torch.no_grad()
+def _restart_power_iteration(linear: nn.Module, iterations: int = 15) -> None:
+    """Re-estimate the singular vectors of a spectral-normalised Linear after its weight was re-initialised.
+
+    `spectral_norm` estimates them once, when it wraps the layer; without this, a weight re-initialised
+    afterwards would be divided by a stale, near-zero (even negative) σ in eval mode.
+    """
+    normaliser = linear.parametrizations.weight[0]
+    weight = linear.parametrizations.weight.original
+    u = F.normalize(torch.randn_like(normaliser._u), dim=0)
+    for _ in range(iterations):
+        v = F.normalize(weight.T @ u, dim=0)
+        u = F.normalize(weight @ v, dim=0)
+    normaliser._u.copy_(u)
+    normaliser._v.copy_(v)
+
+
+class SmatModel(FewShotPreTrainedModel):
+    """SMAT around a frozen HF ViT-family backbone (`model.backbone`), with `model.router` and the expert banks.
+
+    Trainable: `delta` `[N]`, `gate_logits` `[M, N]` (log α), `sparsity_multipliers` `[M]` (λ, Lagrange
+    multipliers kept as a parameter so they are saved and resumed), and the router. `router_tasks_seen`
+    counts training tasks for the router's relaxation schedule and is saved too.
+    """
+
+    config: SmatConfig
+    config_class = SmatConfig
+
+    def __init__(self, config: SmatConfig):
+        super().__init__(config)
+        self.backbone = build_backbone(config.backbone_config)
+        self.backbone.requires_grad_(False)
+        patterns = [re.compile(pattern) for pattern in config.masked_parameter_patterns]
+        self.masked_parameter_names = [
+            name for name, _ in self.backbone.named_parameters() if any(p.search(name) for p in patterns)
+        ]
+        if not self.masked_parameter_names:
+            raise ValueError(
+                f"masked_parameter_patterns {config.masked_parameter_patterns} match no backbone parameter."
+            )
+        parameters = dict(self.backbone.named_parameters())
+        self.masked_shapes = [parameters[name].shape for name in self.masked_parameter_names]
+        self.masked_sizes = [parameters[name].numel() for name in self.masked_parameter_names]
+        num_elements = sum(self.masked_sizes)
+        self.delta = nn.Parameter(torch.zeros(num_elements))
+        self.gate_logits = nn.Parameter(torch.empty(config.num_experts, num_elements))
+        self.sparsity_multipliers = nn.Parameter(torch.zeros(config.num_experts))
+        self.router = SmatRouter(config, config.backbone_config.hidden_size)
+        self.head = CosinePrototypeHead(config.logit_scale, 0.0, learnable_scale=False, learnable_bias=False)
+        self.register_buffer("router_tasks_seen", torch.zeros((), dtype=torch.long))
+        self.post_init()
+
+    def _init_weights(self, module):
+        if module is self:
+            init.zeros_(self.delta)
+            init.normal_(self.gate_logits, std=self.config.gate_init_std)
+            init.zeros_(self.sparsity_multipliers)
+            init.zeros_(self.router_tasks_seen)
+        elif isinstance(module, (SmatRouter, CosinePrototypeHead)):
+            module.reset_parameters()
+        elif not any(module is child for child in self.router.modules()):
+            self.backbone._init_weights(module)
+
+    # ------------------------------------------------------------------------------------------- gates
+    def expert_gates(self, training: bool | None = None) -> torch.Tensor:
+        """Hard-concrete gates z `[M, N]` in [0, 1] (SMAT.md §2).
+
+        Training: `clamp(sigmoid((log α + logit(u)) / β)·(ζ − γ) + γ, 0, 1)`, u uniform in a band of width
+        `gate_noise` around 0.5; eval: the same with u = 0.5 and β_eval.
+        """
+        config = self.config
+        training = self.training if training is None else training
+        log_alpha = self.gate_logits
+        if training and config.gate_noise > 0:
+            u = (0.5 + config.gate_noise * (torch.rand_like(log_alpha) - 0.5)).clamp(1e-6, 1 - 1e-6)
+            log_alpha = log_alpha + torch.log(u) - torch.log1p(-u)
+        beta = config.gate_beta if training else config.gate_beta_eval
+        stretched = torch.sigmoid(log_alpha / beta) * (config.gate_zeta - config.gate_gamma) + config.gate_gamma
+        return stretched.clamp(0.0, 1.0)
+
+    def expected_density(self) -> torch.Tensor:
+        """Differentiable `d_m = mean(sigmoid(log α − β·ln(−γ/ζ)))`: the probability that a gate is non-zero."""
+        config = self.config
+        shift = config.gate_beta * math.log(-config.gate_gamma / config.gate_zeta)
+        return torch.sigmoid(self.gate_logits - shift).mean(dim=1)
+
+    @torch.no_grad()
+    def expert_sparsity(self) -> torch.Tensor:
+        """Measured sparsity `[M]`: the fraction of each expert's gates that are exactly 0 (current mode's gates)."""
+        return (self.expert_gates() == 0).float().mean(dim=1)
+
+    @torch.no_grad()
+    def clamp_gate_logits(self) -> None:
+        """Clamp log α to [gate_logit_min, gate_logit_max] in place (done before every training forward)."""
+        self.gate_logits.clamp_(self.config.gate_logit_min, self.config.gate_logit_max)
+
+    # ------------------------------------------------------------------------------------------ router
+    @property
+    def router_tau(self) -> float:
+        """Relaxation τ_r = max(τ_min, τ_start − n / decay) after n training tasks."""
+        config = self.config
+        return max(
+            config.router_tau_min,
+            config.router_tau_start - self.router_tasks_seen.item() / config.router_tau_decay_tasks,
+        )
+
+    def expert_weights(self, router_logits: torch.Tensor, training: bool | None = None) -> torch.Tensor:
+        """Mixing weights a `[M]` (sum 1): relaxed-Bernoulli samples in training, `sigmoid(ℓ/τ)` in eval."""
+        training = self.training if training is None else training
+        tau = self.router_tau
+        if training:
+            u = torch.rand_like(router_logits).clamp(1e-6, 1 - 1e-6)
+            scores = torch.sigmoid((router_logits + torch.log(u) - torch.log1p(-u)) / tau)
+        else:
+            scores = torch.sigmoid(router_logits / tau)
+        if self.config.router_top_k is not None:
+            kept = scores.topk(self.config.router_top_k).indices
+            scores = torch.zeros_like(scores).index_copy(0, kept, scores[kept])
+        return scores / (scores.sum() + 1e-8)
+
+    # ------------------------------------------------------------------------------------------- merge
+    def merge_task_weights(
+        self, expert_weights: torch.Tensor, gates: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor]:
+        """θ_i = θ_pre + (Σ_m a_m z_m) ⊙ θ_δ for every masked backbone tensor, by name (differentiable)."""
+        gates = self.expert_gates() if gates is None else gates
+        update = (expert_weights.to(gates.dtype) @ gates) * self.delta
+        pre = dict(self.backbone.named_parameters())
+        return {
+            name: pre[name] + piece.view(shape)
+            for name, piece, shape in zip(
+                self.masked_parameter_names, update.split(self.masked_sizes), self.masked_shapes, strict=True
+            )
+        }
+
+    def _route(self, pre_support_features: torch.Tensor, support_labels: torch.Tensor, n_way: int):
+        pre_prototypes = class_prototypes(pre_support_features, support_labels, n_way)
+        router_logits = self.router(pre_prototypes)
+        return pre_prototypes, router_logits, self.expert_weights(router_logits)
+
+    # ----------------------------------------------------------------------------------------- forward
+    def forward(
+        self,
+        support_pixel_values: torch.Tensor,
+        support_labels: torch.Tensor,
+        query_pixel_values: torch.Tensor,
+        query_labels: torch.Tensor | None = None,
+    ) -> SmatOutput:
+        """One task. Training mode: route, merge, inner step, teachers, all loss terms (SMAT.md §5);
+        eval mode: route deterministically, merge, cosine prototypes, no inner step."""
+        n_way = check_episode(support_pixel_values, support_labels, query_pixel_values, query_labels)
+        if self.training:
+            return self._meta_train_task(support_pixel_values, support_labels, query_pixel_values, query_labels, n_way)
+        with torch.no_grad():
+            pre_support = backbone_features(self.backbone, support_pixel_values)
+        _, router_logits, weights = self._route(pre_support, support_labels, n_way)
+        task_weights = self.merge_task_weights(weights)
+        features = backbone_features(
+            self.backbone, torch.cat([support_pixel_values, query_pixel_values]), task_weights
+        )
+        prototypes = class_prototypes(features[: len(support_labels)], support_labels, n_way)
+        logits = self.head(features[len(support_labels) :], prototypes)
+        loss = F.cross_entropy(logits, query_labels) if query_labels is not None else None
+        return SmatOutput(
+            loss=loss, logits=logits, classification_loss=loss, expert_weights=weights, router_tau=self.router_tau
+        )
+
+    def _meta_train_task(self, support_pixel_values, support_labels, query_pixel_values, query_labels, n_way):
+        config, scale = self.config, self.config.logit_scale
+        self.clamp_gate_logits()
+        n_support = len(support_labels)
+        with torch.no_grad():  # θ_pre features serve the router and the pre-trained teacher
+            pre_features = backbone_features(self.backbone, torch.cat([support_pixel_values, query_pixel_values]))
+        pre_prototypes, router_logits, weights = self._route(pre_features[:n_support], support_labels, n_way)
+        gates = self.expert_gates(training=True)
+        task_weights = self.merge_task_weights(weights, gates)
+
+        # Prototypes from θ_i with gradient, then one first-order inner SGD step on the support set.
+        support_features = backbone_features(self.backbone, support_pixel_values, task_weights)
+        prototypes = class_prototypes(support_features, support_labels, n_way)
+        head = prototypes.detach().requires_grad_()
+        support_loss = F.cross_entropy(cosine_logits(support_features, head, scale), support_labels)
+        names = list(task_weights)
+        *weight_grads, head_grad = torch.autograd.grad(support_loss, [*task_weights.values(), head], retain_graph=True)
+        adapted = {n: task_weights[n] - config.inner_lr * g for n, g in zip(names, weight_grads, strict=True)}
+        adapted_head = (prototypes.detach() - config.inner_lr * head_grad) + (prototypes - prototypes.detach())
+
+        query_features = backbone_features(self.backbone, query_pixel_values, adapted)
+        logits = cosine_logits(query_features, adapted_head, scale)
+        self.router_tasks_seen += 1
+        if query_labels is None:
+            return SmatOutput(logits=logits, expert_weights=weights.detach(), router_tau=self.router_tau)
+
+        classification_loss = F.cross_entropy(logits, query_labels)
+        teacher_logits = self._dense_teacher_logits(
+            classification_loss, adapted, adapted_head, query_pixel_values, query_labels
+        )
+        pre_logits = cosine_logits(pre_features[n_support:], pre_prototypes, scale)
+        distillation_loss = 0.5 * (self._distillation(logits, teacher_logits) + self._distillation(logits, pre_logits))
+
+        sparsity = (gates.detach() == 0).float().mean(dim=1)
+        gap = sparsity - config.sparsity_target
+        with torch.no_grad():  # an expert already sparse enough has its multiplier reset
+            self.sparsity_multipliers.masked_fill_(gap > 0, 0.0)
+        fixed_weights = weights.detach()
+        # L_λ = Σ Δ_m λ_m a_m. Δ is capped at 0: a reset multiplier gets no gradient, so a descent step cannot
+        # push it below 0 (λ ≥ 0); while the expert is too dense (Δ < 0) the step raises λ.
+        multiplier_loss = (gap.clamp(max=0.0) * self.sparsity_multipliers * fixed_weights).sum()
+        density_gap = self.expected_density() - (1.0 - config.sparsity_target)
+        sparsity_loss = (density_gap * self.sparsity_multipliers.detach() * fixed_weights).sum()
+        router_penalty = config.router_logit_penalty * router_logits.pow(2).mean()
+
+        loss = (
+            (1 - config.kd_weight) * classification_loss
+            + config.kd_weight * distillation_loss
+            + sparsity_loss
+            + multiplier_loss
+            + router_penalty
+        )
+        return SmatOutput(
+            loss=loss,
+            logits=logits,
+            classification_loss=classification_loss.detach(),
+            distillation_loss=distillation_loss.detach(),
+            sparsity_loss=sparsity_loss.detach(),
+            multiplier_loss=multiplier_loss.detach(),
+            router_penalty=router_penalty.detach(),
+            expert_weights=fixed_weights,
+            expert_sparsity=sparsity,
+            router_tau=self.router_tau,
+        )
+
+    def _dense_teacher_logits(self, query_loss, adapted, adapted_head, query_pixel_values, query_labels):
+        """Query logits of a detached copy of (θ'_i, head') after `teacher_steps` SGD steps on the query loss.
+
+        The first step's gradient comes from the student's own query graph (retained), so the teacher costs
+        one backward into θ'_i plus one forward per step instead of a fresh forward + backward.
+        """
+        config = self.config
+        names = list(adapted)
+        *grads, head_grad = torch.autograd.grad(query_loss, [*adapted.values(), adapted_head], retain_graph=True)
+        teacher = {n: (adapted[n] - config.teacher_lr * g).detach() for n, g in zip(names, grads, strict=True)}
+        teacher_head = (adapted_head - config.teacher_lr * head_grad).detach()
+        for _ in range(config.teacher_steps - 1):
+            teacher = {n: t.requires_grad_() for n, t in teacher.items()}
+            teacher_head.requires_grad_()
+            with torch.enable_grad():
+                features = backbone_features(self.backbone, query_pixel_values, teacher)
+                loss = F.cross_entropy(cosine_logits(features, teacher_head, config.logit_scale), query_labels)
+                *grads, head_grad = torch.autograd.grad(loss, [*teacher.values(), teacher_head])
+            teacher = {n: (teacher[n] - config.teacher_lr * g).detach() for n, g in zip(names, grads, strict=True)}
+            teacher_head = (teacher_head - config.teacher_lr * head_grad).detach()
+        with torch.no_grad():
+            features = backbone_features(self.backbone, query_pixel_values, teacher)
+            return cosine_logits(features, teacher_head, config.logit_scale)
+
+    def _distillation(self, student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+        """T²·KL(p_teacher ‖ p_student) with p = softmax(logits / T); reversed when `kd_reverse` (the release)."""
+        temperature = self.config.kd_temperature
+        student = F.log_softmax(student_logits / temperature, dim=-1)
+        teacher = F.log_softmax(teacher_logits / temperature, dim=-1)
+        if self.config.kd_reverse:
+            student, teacher = teacher, student
+        return temperature**2 * F.kl_div(student, teacher, reduction="batchmean", log_target=True)
+
+    # ------------------------------------------------------------------------------------------- tasks
+    @torch.no_grad()
+    def prepare_task(self, support_pixel_values: torch.Tensor, support_labels: torch.Tensor) -> FewShotTask:
+        """Route once, merge the experts into a plain backbone (no autograd graph), compute prototypes."""
+        n_way = check_episode(support_pixel_values, support_labels)
+        was_training = self.training
+        self.eval()
+        _, _, weights = self._route(backbone_features(self.backbone, support_pixel_values), support_labels, n_way)
+        task_backbone = copy.deepcopy(self.backbone)
+        merged = self.merge_task_weights(weights)
+        for name, parameter in task_backbone.named_parameters():
+            if name in merged:
+                parameter.copy_(merged[name])
+        prototypes = class_prototypes(backbone_features(task_backbone, support_pixel_values), support_labels, n_way)
+        self.train(was_training)
+        return FewShotTask(task_backbone, prototypes, self.config.logit_scale, 0.0, support_pixel_values.shape[-2:])
+
+
+__all__ = ["SmatModel", "SmatOutput", "SmatRouter"]

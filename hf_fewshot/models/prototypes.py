@@ -1,0 +1,253 @@
+"""The cosine prototype head shared by ProtoNet (P>M>F) and SMAT, and the checks of an episode's inputs.
+
+`logits = scale · (cos(f(x), p_c) + bias)` where `p_c` is the mean support feature of class c (no
+normalisation before averaging, as P>M>F). This file is copied next to the modeling files when a model
+is saved with remote code, so it imports nothing from `hf_fewshot`.
+"""
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel, ViTForImageClassification
+from transformers.configuration_utils import SubConfigSpec
+from transformers.utils import ModelOutput
+
+
+def check_episode(
+    support_pixel_values: torch.Tensor,
+    support_labels: torch.Tensor,
+    query_pixel_values: torch.Tensor | None = None,
+    query_labels: torch.Tensor | None = None,
+) -> int:
+    """Validate an episode and return its number of classes (ways).
+
+    Labels must be episode-relative integers `0..n_way-1` with at least one support image per class;
+    support and query images must have the same channels and size. Raises `ValueError` otherwise.
+    """
+    if support_pixel_values.ndim != 4:
+        raise ValueError(
+            f"support_pixel_values must be (n, channels, height, width), got {tuple(support_pixel_values.shape)}."
+        )
+    if support_labels.ndim != 1 or len(support_labels) != len(support_pixel_values):
+        raise ValueError(
+            f"support_labels must be 1-D with one label per support image: {tuple(support_labels.shape)} labels "
+            f"for {len(support_pixel_values)} images."
+        )
+    if support_labels.dtype.is_floating_point or support_labels.dtype == torch.bool:
+        raise ValueError(f"support_labels must be integer class ids, got {support_labels.dtype}.")
+    if len(support_labels) == 0:
+        raise ValueError("The support set is empty.")
+    n_way = int(support_labels.max()) + 1
+    if int(support_labels.min()) < 0:
+        raise ValueError(f"support_labels must be episode-relative ids 0..n_way-1, found {int(support_labels.min())}.")
+    counts = torch.bincount(support_labels, minlength=n_way)
+    if (counts == 0).any():
+        empty = torch.nonzero(counts == 0).flatten().tolist()
+        raise ValueError(
+            f"support_labels must use every id 0..{n_way - 1}; class(es) {empty} have no support image. "
+            "Relabel the episode's classes to 0..n_way-1."
+        )
+    if query_pixel_values is not None:
+        if query_pixel_values.ndim != 4 or query_pixel_values.shape[1:] != support_pixel_values.shape[1:]:
+            raise ValueError(
+                f"Query images {tuple(query_pixel_values.shape[1:])} do not match support images "
+                f"{tuple(support_pixel_values.shape[1:])} (channels, height, width); resize both the same way."
+            )
+        if query_labels is not None:
+            if query_labels.shape != (len(query_pixel_values),):
+                raise ValueError(
+                    f"query_labels must hold one label per query image: {tuple(query_labels.shape)} for "
+                    f"{len(query_pixel_values)} images."
+                )
+            if len(query_labels) and (int(query_labels.min()) < 0 or int(query_labels.max()) >= n_way):
+                raise ValueError(f"query_labels must lie in 0..{n_way - 1} (the support set's classes).")
+    return n_way
+
+
+def class_prototypes(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
+    """Mean feature of each class, `(n_way, dim)`: `p_c = mean_{i: y_i = c} f(x_i)`."""
+    sums = torch.zeros(n_way, features.shape[-1], dtype=features.dtype, device=features.device)
+    sums = sums.index_add(0, labels, features)
+    counts = torch.bincount(labels, minlength=n_way).clamp_min(1).to(features.dtype)
+    return sums / counts.unsqueeze(-1)
+
+
+def cosine_logits(
+    features: torch.Tensor, prototypes: torch.Tensor, scale: torch.Tensor | float, bias: torch.Tensor | float = 0.0
+) -> torch.Tensor:
+    """`scale · (cos(f, p_c) + bias)` for every feature and prototype, `(n, n_way)`."""
+    return scale * (F.normalize(features, dim=-1) @ F.normalize(prototypes, dim=-1).T + bias)
+
+
+class CosinePrototypeHead(nn.Module):
+    """Holds the scale `s` (init 10) and bias `b` (init 0) of the cosine prototype classifier.
+
+    `learnable_scale` / `learnable_bias` decide whether meta-training updates them (P>M>F learns both,
+    SMAT keeps `s` fixed and has no bias). They are always saved, so a checkpoint records the values used.
+    """
+
+    def __init__(
+        self, scale: float = 10.0, bias: float = 0.0, learnable_scale: bool = True, learnable_bias: bool = True
+    ):
+        super().__init__()
+        self.initial_scale, self.initial_bias = float(scale), float(bias)
+        self.scale = nn.Parameter(torch.tensor(float(scale)), requires_grad=learnable_scale)
+        self.bias = nn.Parameter(torch.tensor(float(bias)), requires_grad=learnable_bias)
+
+    def reset_parameters(self) -> None:
+        with torch.no_grad():
+            self.scale.fill_(self.initial_scale)
+            self.bias.fill_(self.initial_bias)
+
+    def forward(self, features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
+        return cosine_logits(features, prototypes, self.scale, self.bias)
+
+
+@dataclass
+class FewShotOutput(ModelOutput):
+    """Output of an episodic forward: `logits` `(n_query, n_way)`, and `loss` when query labels are given."""
+
+    loss: torch.Tensor | None = None
+    logits: torch.Tensor | None = None
+
+
+class FewShotConfig(PreTrainedConfig):
+    """What both few-shot models share: the nested backbone config, where it came from, and the head's scale/bias.
+
+    Loading a checkpoint of another model type into this config raises a `ValueError` instead of
+    silently building a wrong model.
+    """
+
+    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")}
+
+    backbone_config: dict | PreTrainedConfig | None = None
+    backbone_name_or_path: str | None = None
+    logit_scale: float = 10.0
+    logit_bias: float = 0.0
+
+    @classmethod
+    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> PreTrainedConfig:
+        found = config_dict.get("model_type")
+        if found and cls.model_type and found != cls.model_type:
+            raise ValueError(
+                f"This checkpoint is a {found!r} model, not {cls.model_type!r}: load it with its own class "
+                "or with transformers.AutoModel after `import hf_fewshot`."
+            )
+        return super().from_dict(config_dict, **kwargs)
+
+
+def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
+    """A randomly initialised HF vision backbone without a pooler (features = CLS token of the last layer)."""
+    kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
+    return AutoModel.from_config(config, **kwargs)
+
+
+def load_backbone(name_or_path: str, **kwargs) -> PreTrainedModel:
+    """Pre-trained backbone weights from the Hub or a folder (`facebook/dino-vits16`, a Dinov2 checkpoint, …)."""
+    config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}
+    return AutoModel.from_pretrained(name_or_path, config=config, **extra, **kwargs)
+
+
+def backbone_features(backbone: nn.Module, pixel_values: torch.Tensor, parameters: dict | None = None) -> torch.Tensor:
+    """CLS features `(n, dim)` after the final LayerNorm, at any image size (position embeddings interpolated).
+
+    With `parameters`, the backbone runs functionally on those tensors instead of its own (SMAT's task weights).
+    """
+    kwargs = {"interpolate_pos_encoding": True} if backbone.config.model_type == "vit" else {}
+    if parameters is None:
+        output = backbone(pixel_values=pixel_values, **kwargs)
+    else:
+        output = torch.func.functional_call(backbone, parameters, (), {"pixel_values": pixel_values, **kwargs})
+    return output.last_hidden_state[:, 0]
+
+
+class FewShotTask:
+    """A few-shot task prepared once from its support set: a backbone and the class prototypes.
+
+    Calling it on query images gives `(n, n_way)` logits; `to_image_classifier` exports it as a plain
+    `ViTForImageClassification` whose argmax is the same prediction.
+    """
+
+    def __init__(self, backbone: PreTrainedModel, prototypes: torch.Tensor, scale: float, bias: float, image_size):
+        self.backbone, self.prototypes = backbone, prototypes.detach()
+        self.scale, self.bias, self.image_size = float(scale), float(bias), tuple(image_size)
+
+    @property
+    def n_way(self) -> int:
+        return len(self.prototypes)
+
+    @torch.no_grad()
+    def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        if tuple(pixel_values.shape[-2:]) != self.image_size:
+            raise ValueError(
+                f"Images of size {tuple(pixel_values.shape[-2:])} given to a task prepared at {self.image_size}."
+            )
+        was_training = self.backbone.training
+        self.backbone.eval()
+        features = backbone_features(self.backbone, pixel_values)
+        self.backbone.train(was_training)
+        return cosine_logits(features, self.prototypes, self.scale, self.bias)
+
+    @torch.no_grad()
+    def to_image_classifier(self, id2label: dict[int, str] | None = None) -> PreTrainedModel:
+        """A `ViTForImageClassification` at the task's image size, head = scale · L2-normalised prototypes.
+
+        Its logits are `scale · p̂_c · f(x)`: the cosine logits times |f(x)|, which leaves the argmax unchanged,
+        so `pipeline("image-classification")` returns the few-shot prediction with no custom code.
+        """
+        if self.backbone.config.model_type != "vit":
+            raise ValueError(
+                f"Only ViT backbones export to ViTForImageClassification, not {self.backbone.config.model_type!r}."
+            )
+        id2label = id2label or {k: f"class_{k}" for k in range(self.n_way)}
+        if sorted(int(k) for k in id2label) != list(range(self.n_way)):
+            raise ValueError(f"id2label must name the classes 0..{self.n_way - 1}, got keys {sorted(id2label)}.")
+        config = copy.deepcopy(self.backbone.config)
+        config.image_size = list(self.image_size) if self.image_size[0] != self.image_size[1] else self.image_size[0]
+        config.id2label = {int(k): str(v) for k, v in id2label.items()}
+        config.label2id = {v: k for k, v in config.id2label.items()}
+        config.architectures = ["ViTForImageClassification"]
+        classifier = ViTForImageClassification(config).eval()
+        state = self.backbone.state_dict()
+        # Bake the position embeddings for the task's image size into the export.
+        dummy = torch.zeros(1, 1 + classifier.vit.embeddings.patch_embeddings.num_patches, config.hidden_size)
+        state["embeddings.position_embeddings"] = self.backbone.embeddings.interpolate_pos_encoding(
+            dummy, *self.image_size
+        )
+        classifier.vit.load_state_dict(state)
+        classifier.classifier.weight.copy_(self.scale * F.normalize(self.prototypes, dim=-1))
+        classifier.classifier.bias.fill_(self.scale * self.bias)
+        return classifier
+
+
+class FewShotPreTrainedModel(PreTrainedModel):
+    """Base of the episodic models: building from a backbone, embedding, preparing tasks."""
+
+    base_model_prefix = "fewshot"
+    main_input_name = "support_pixel_values"
+    input_modalities = ("image",)
+    accepts_loss_kwargs = False
+
+    @classmethod
+    def from_backbone(cls, backbone: str | PreTrainedConfig, **config_kwargs):
+        """A model around a pre-trained backbone (a Hub id such as `"facebook/dino-vits16"`, or a folder).
+
+        Given a backbone config (`ViTConfig`, `Dinov2Config`) instead, the backbone is random: tests, tiny demos.
+        """
+        if isinstance(backbone, PreTrainedConfig):
+            return cls(cls.config_class(backbone_config=backbone, **config_kwargs))
+        pretrained = load_backbone(str(backbone))
+        model = cls(
+            cls.config_class(backbone_config=pretrained.config, backbone_name_or_path=str(backbone), **config_kwargs)
+        )
+        model.backbone.load_state_dict(pretrained.state_dict())
+        return model
+
+    def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """Backbone features `(n, dim)` of images (the model's own backbone weights)."""
+        return backbone_features(self.backbone, pixel_values)

@@ -1,0 +1,310 @@
+"""ProtoNetModel and SmatModel: the episodic contract, SMAT's equations, saving/loading, task export, bad inputs."""
+
+import math
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import AutoModel, ViTConfig, ViTImageProcessor, pipeline
+
+from hf_fewshot import ProtoNetModel, SmatConfig, SmatModel
+from hf_fewshot.models.prototypes import class_prototypes
+
+
+def tiny_vit_config(image_size: int = 16) -> ViTConfig:
+    return ViTConfig(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=image_size,
+        patch_size=4,
+    )
+
+
+def episode(n_way: int = 5, shots: int = 2, queries: int = 3, size: int = 16, seed: int = 0):
+    generator = torch.Generator().manual_seed(seed)
+    support = torch.randn(n_way * shots, 3, size, size, generator=generator)
+    query = torch.randn(n_way * queries, 3, size, size, generator=generator)
+    return support, torch.arange(n_way).repeat(shots), query, torch.arange(n_way).repeat(queries)
+
+
+@pytest.fixture
+def smat() -> SmatModel:
+    torch.manual_seed(0)
+    return SmatModel.from_backbone(tiny_vit_config(), num_experts=3)
+
+
+def assert_same_state(first: torch.nn.Module, second: torch.nn.Module) -> None:
+    first_state, second_state = first.state_dict(), second.state_dict()
+    assert first_state.keys() == second_state.keys()
+    for key in first_state:
+        assert torch.equal(first_state[key], second_state[key]), key
+
+
+def test_fresh_smat_equals_protonet_with_scale_10_and_no_bias(smat):
+    protonet = ProtoNetModel.from_backbone(tiny_vit_config())
+    protonet.backbone.load_state_dict(smat.backbone.state_dict())
+    smat.eval(), protonet.eval()
+    support, support_labels, query, query_labels = episode()
+    smat_output = smat(support, support_labels, query, query_labels)
+    protonet_output = protonet(support, support_labels, query, query_labels)
+    assert smat_output.logits.shape == (15, 5)
+    torch.testing.assert_close(smat_output.logits, protonet_output.logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(smat_output.loss, protonet_output.loss)
+
+
+def test_protonet_logits_are_scaled_cosines_to_class_means():
+    torch.manual_seed(0)
+    model = ProtoNetModel.from_backbone(tiny_vit_config()).eval()
+    with torch.no_grad():
+        model.head.scale.fill_(7.0)
+        model.head.bias.fill_(0.25)
+    support, support_labels, query, _ = episode()
+    features = model.embed(torch.cat([support, query]))
+    prototypes = torch.stack([features[:10][support_labels == c].mean(0) for c in range(5)])
+    expected = 7.0 * (F.cosine_similarity(features[10:, None], prototypes[None], dim=-1) + 0.25)
+    torch.testing.assert_close(model(support, support_labels, query).logits, expected, atol=1e-5, rtol=1e-5)
+    assert model.head.scale.requires_grad and model.head.bias.requires_grad
+
+
+def test_every_trainable_tensor_gets_a_gradient_after_the_first_updates(smat):
+    smat.train()
+    with torch.no_grad():  # as after the first updates: δ ≠ 0 and λ > 0
+        smat.delta.normal_(0, 1e-2)
+        smat.sparsity_multipliers.fill_(0.1)
+    output = smat(*episode())
+    for term in ("classification_loss", "distillation_loss", "sparsity_loss", "multiplier_loss", "router_penalty"):
+        assert torch.isfinite(getattr(output, term)), term
+    output.loss.backward()
+    trainable = {name: p for name, p in smat.named_parameters() if p.requires_grad}
+    assert {"delta", "gate_logits", "sparsity_multipliers", "router.skill_tokens", "router.expert_keys"} <= set(
+        trainable
+    )
+    for name, parameter in trainable.items():
+        assert parameter.grad is not None and parameter.grad.abs().sum() > 0, name
+    assert (smat.gate_logits.grad.abs().sum(dim=1) > 0).all(), "every expert's gate bank gets a gradient"
+    assert all(p.grad is None for p in smat.backbone.parameters()), "θ_pre stays frozen"
+
+
+def test_gates_follow_the_hard_concrete_formulas(smat):
+    config = smat.config
+    log_alpha = smat.gate_logits.detach()
+    train = (torch.sigmoid(log_alpha / (2 / 3)) * 1.2 - 0.1).clamp(0, 1)
+    evaluation = (torch.sigmoid(log_alpha / 1.0) * 1.2 - 0.1).clamp(0, 1)
+    torch.testing.assert_close(smat.expert_gates(training=True), train)
+    torch.testing.assert_close(smat.expert_gates(training=False), evaluation)
+    density = torch.sigmoid(log_alpha - (2 / 3) * math.log(0.1 / 1.1)).mean(1)
+    torch.testing.assert_close(smat.expected_density(), density)
+    with torch.no_grad():
+        smat.gate_logits[0].fill_(-50.0)
+        smat.gate_logits[1].fill_(50.0)
+        smat.clamp_gate_logits()
+    assert smat.gate_logits.min().item() == pytest.approx(math.log(0.01))
+    assert smat.gate_logits.max().item() == pytest.approx(math.log(100))
+    smat.eval()
+    sparsity = smat.expert_sparsity()
+    assert sparsity.shape == (config.num_experts,) and sparsity[0] == 1.0 and sparsity[1] == 0.0
+    # With real noise the training gates vary around the deterministic ones.
+    smat.config.gate_noise = 1.0
+    assert not torch.equal(smat.expert_gates(training=True), train)
+
+
+def test_merge_interpolates_between_pre_and_pre_plus_delta(smat):
+    with torch.no_grad():
+        smat.delta.uniform_(-1, 1)
+    gates = smat.expert_gates(training=False)
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    merged = smat.merge_task_weights(weights, gates)
+    pre = torch.cat([p.flatten() for p in smat.backbone.parameters()])
+    flat = torch.cat([merged[name].flatten() for name in smat.masked_parameter_names])
+    torch.testing.assert_close(flat, pre + (weights @ gates) * smat.delta)
+
+
+def test_lagrange_multipliers_reset_when_sparse_enough_and_grow_while_dense(smat):
+    smat.train()
+    optimizer = torch.optim.SGD([smat.sparsity_multipliers], lr=0.1)
+    with torch.no_grad():
+        smat.gate_logits[0].fill_(math.log(0.01))  # expert 0 entirely closed: sparsity 1 > τ
+        smat.gate_logits[1:].fill_(math.log(100))  # the others fully open: too dense
+        smat.sparsity_multipliers.fill_(0.5)
+    for _ in range(3):
+        optimizer.zero_grad()
+        smat(*episode()).loss.backward()
+        optimizer.step()
+    multipliers = smat.sparsity_multipliers.detach()
+    assert multipliers[0] == 0.0, "an expert sparser than τ has its multiplier reset to 0 and kept there"
+    assert (multipliers[1:] > 0.5).all(), "a descent step raises λ while the expert is too dense"
+
+
+def test_router_layers_are_spectrally_normalised(smat):
+    smat.eval()
+    for layer in (smat.router.qkv, smat.router.attention_output, smat.router.fc1, smat.router.fc2):
+        assert torch.linalg.matrix_norm(layer.weight, ord=2).item() == pytest.approx(1.0, abs=0.02)
+
+
+def test_router_tasks_seen_counts_training_tasks_and_survives_save_load(smat, tmp_path):
+    smat.train()
+    for seed in range(3):
+        smat(*episode(seed=seed))
+    smat.eval()
+    smat(*episode())
+    assert int(smat.router_tasks_seen) == 3
+    smat.config.router_tau_decay_tasks = 1.0
+    smat.save_pretrained(tmp_path)
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert int(loaded.router_tasks_seen) == 3 and loaded.router_tau == pytest.approx(5.0 - 3.0)
+
+
+def test_save_load_round_trip_through_automodel_is_exact(smat, tmp_path):
+    with torch.no_grad():
+        smat.delta.normal_(0, 1e-2)
+    smat.save_pretrained(tmp_path)
+    assert (tmp_path / "model.safetensors").exists() and not list(tmp_path.glob("*.bin"))
+    loaded = AutoModel.from_pretrained(tmp_path)
+    assert type(loaded) is SmatModel and loaded.config.num_experts == 3
+    assert_same_state(smat, loaded)
+    smat.eval(), loaded.eval()
+    torch.testing.assert_close(smat(*episode()).logits, loaded(*episode()).logits, rtol=0, atol=0)
+
+    protonet = ProtoNetModel.from_backbone(tiny_vit_config())
+    protonet.save_pretrained(tmp_path / "protonet")
+    assert_same_state(protonet, AutoModel.from_pretrained(tmp_path / "protonet"))
+
+
+def test_remote_code_loads_in_a_process_that_never_imported_hf_fewshot(smat, tmp_path):
+    with torch.no_grad():
+        smat.delta.normal_(0, 1e-2)
+    smat.save_pretrained(tmp_path)
+    assert {"modeling_smat.py", "configuration_smat.py", "prototypes.py"} <= {p.name for p in tmp_path.iterdir()}
+    support, support_labels, query, _ = episode()
+    torch.save({"support": support, "labels": support_labels, "query": query}, tmp_path / "episode.pt")
+    smat.eval()
+    expected = smat(support, support_labels, query).logits
+    script = textwrap.dedent(
+        f"""
+        import sys, torch
+        from transformers import AutoModel
+        model = AutoModel.from_pretrained({str(tmp_path)!r}, trust_remote_code=True).eval()
+        assert "hf_fewshot" not in sys.modules, "remote code must not import hf_fewshot"
+        data = torch.load({str(tmp_path / "episode.pt")!r})
+        torch.save(model(data["support"], data["labels"], data["query"]).logits, {str(tmp_path / "logits.pt")!r})
+        print(type(model).__module__)
+        """
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=tmp_path, check=False)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().startswith("transformers_modules.")
+    torch.testing.assert_close(torch.load(tmp_path / "logits.pt"), expected, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("model_class", [ProtoNetModel, SmatModel])
+def test_task_export_to_a_plain_image_classifier_agrees_on_every_query(model_class, tmp_path):
+    torch.manual_seed(1)
+    model = model_class.from_backbone(tiny_vit_config(image_size=16))
+    if isinstance(model, SmatModel):
+        with torch.no_grad():
+            model.delta.normal_(0, 5e-2)
+    support, support_labels, query, _ = episode(size=24)  # another size than the config's: interpolated
+    task = model.prepare_task(support, support_labels)
+    model.eval()
+    torch.testing.assert_close(task(query), model(support, support_labels, query).logits, atol=1e-5, rtol=1e-5)
+    labels = {k: name for k, name in enumerate(["ant", "bee", "cat", "dog", "eel"])}
+    classifier = task.to_image_classifier(labels)
+    assert type(classifier).__name__ == "ViTForImageClassification"
+    exported = classifier(pixel_values=query).logits
+    assert torch.equal(exported.argmax(-1), task(query).argmax(-1))
+    # The export is a stock checkpoint: it saves, reloads and runs in a pipeline with no custom code.
+    classifier.save_pretrained(tmp_path)
+    reloaded = AutoModel.from_pretrained(tmp_path)
+    assert type(reloaded).__name__ == "ViTModel"
+    processor = ViTImageProcessor(size={"height": 24, "width": 24}, image_mean=[0.5] * 3, image_std=[0.5] * 3)
+    classify = pipeline("image-classification", model=classifier, image_processor=processor)
+    from PIL import Image
+
+    images = [Image.fromarray((torch.rand(24, 24, 3) * 255).byte().numpy()) for _ in range(3)]
+    pixel_values = processor(images, return_tensors="pt")["pixel_values"]
+    predicted = [labels[int(i)] for i in task(pixel_values).argmax(-1)]
+    assert [result[0]["label"] for result in classify(images)] == predicted
+
+
+def test_prepare_task_keeps_no_autograd_graph(smat):
+    task = smat.prepare_task(*episode()[:2])
+    assert not task.prototypes.requires_grad
+    assert all(not t.requires_grad or t.grad_fn is None for t in task.backbone.parameters())
+    assert task(episode()[2]).grad_fn is None
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda s, sl, q, ql: (s, sl + 1, q, ql), "no support image"),
+        (lambda s, sl, q, ql: (s, torch.where(sl == 2, 4, sl), q, ql), r"class\(es\) \[2\]"),
+        (lambda s, sl, q, ql: (s, sl - 1, q, ql), "episode-relative"),
+        (lambda s, sl, q, ql: (s, sl.float(), q, ql), "integer class ids"),
+        (lambda s, sl, q, ql: (s, sl, q[..., :12, :12], ql), "do not match support images"),
+        (lambda s, sl, q, ql: (s, sl[:-1], q, ql), "one label per support image"),
+        (lambda s, sl, q, ql: (s, sl, q, ql + 5), r"query_labels must lie in 0..4"),
+    ],
+)
+@pytest.mark.parametrize("model_class", [ProtoNetModel, SmatModel])
+def test_bad_episodes_raise_clear_errors(model_class, mutate, message):
+    model = model_class.from_backbone(tiny_vit_config())
+    with pytest.raises(ValueError, match=message):
+        model(*mutate(*episode()))
+
+
+def test_loading_a_checkpoint_of_the_wrong_type_fails_clearly(tmp_path):
+    ProtoNetModel.from_backbone(tiny_vit_config()).save_pretrained(tmp_path / "protonet")
+    with pytest.raises(ValueError, match="'fewshot_protonet' model, not 'fewshot_smat'"):
+        SmatModel.from_pretrained(tmp_path / "protonet")
+    AutoModel.from_config(tiny_vit_config()).save_pretrained(tmp_path / "vit")
+    with pytest.raises(ValueError, match="'vit' model, not 'fewshot_protonet'"):
+        ProtoNetModel.from_pretrained(tmp_path / "vit")
+
+
+def test_config_validates_and_restricts_masks():
+    with pytest.raises(ValueError, match="sparsity_target"):
+        SmatConfig(backbone_config=tiny_vit_config(), sparsity_target=1.5)
+    model = SmatModel.from_backbone(tiny_vit_config(), masked_parameter_patterns=[r"attention\.(q|v)_proj\.weight"])
+    assert model.masked_parameter_names == [
+        f"layers.{i}.attention.{p}_proj.weight" for i in range(2) for p in ("q", "v")
+    ]
+    assert model.delta.numel() == 4 * 32 * 32
+    with pytest.raises(ValueError, match="match no backbone parameter"):
+        SmatModel.from_backbone(tiny_vit_config(), masked_parameter_patterns=["nothing"])
+
+
+def test_class_prototypes_are_class_means():
+    features = torch.tensor([[1.0, 0.0], [3.0, 2.0], [0.0, 5.0]])
+    torch.testing.assert_close(
+        class_prototypes(features, torch.tensor([0, 0, 1]), 2), torch.tensor([[2.0, 1.0], [0.0, 5.0]])
+    )
+
+
+@pytest.mark.parametrize("model_class", [ProtoNetModel, SmatModel])
+def test_from_backbone_loads_pretrained_weights_from_a_folder(model_class, tmp_path):
+    # The same code path as from_backbone("facebook/dino-vits16"), on a checkpoint saved here (no network).
+    from transformers import ViTModel
+
+    pretrained = ViTModel(tiny_vit_config())  # with a pooler, like DINO's Hub checkpoint; ours drops it
+    pretrained.save_pretrained(tmp_path)
+    model = model_class.from_backbone(str(tmp_path))
+    assert model.config.backbone_name_or_path == str(tmp_path)
+    assert model.backbone.pooler is None
+    for name, tensor in model.backbone.state_dict().items():
+        assert torch.equal(tensor, pretrained.state_dict()[name]), name
+
+
+@pytest.mark.parametrize("model_class", [ProtoNetModel, SmatModel])
+def test_dinov2_backbones_work_too(model_class):
+    from transformers import Dinov2Config
+
+    backbone = Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, image_size=16, patch_size=4)
+    model = model_class.from_backbone(backbone).eval()
+    output = model(*episode(size=16))
+    assert output.logits.shape == (15, 5) and torch.isfinite(output.loss)
+    model.prepare_task(*episode()[:2])
