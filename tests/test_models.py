@@ -94,6 +94,7 @@ def test_gates_follow_the_hard_concrete_formulas(smat):
     config = smat.config
     log_alpha = smat.gate_logits.detach()
     train = (torch.sigmoid(log_alpha / (2 / 3)) * 1.2 - 0.1).clamp(0, 1)
+    assert config.gate_beta == pytest.approx(2 / 3) and config.gate_beta_eval == 1.0
     evaluation = (torch.sigmoid(log_alpha / 1.0) * 1.2 - 0.1).clamp(0, 1)
     torch.testing.assert_close(smat.expert_gates(training=True), train)
     torch.testing.assert_close(smat.expert_gates(training=False), evaluation)
@@ -116,12 +117,60 @@ def test_gates_follow_the_hard_concrete_formulas(smat):
 def test_merge_interpolates_between_pre_and_pre_plus_delta(smat):
     with torch.no_grad():
         smat.delta.uniform_(-1, 1)
-    gates = smat.expert_gates(training=False)
     weights = torch.tensor([0.5, 0.3, 0.2])
-    merged = smat.merge_task_weights(weights, gates)
+    smat.eval()
+    merged = smat.merge_task_weights(weights)  # eval mode: eval gates
+    gates = smat.expert_gates()
     pre = torch.cat([p.flatten() for p in smat.backbone.parameters()])
     flat = torch.cat([merged[name].flatten() for name in smat.masked_parameter_names])
     torch.testing.assert_close(flat, pre + (weights @ gates) * smat.delta)
+
+
+@pytest.mark.parametrize("noise", [0.0, 1.0])
+def test_chunked_gate_mixture_matches_direct_autograd(smat, noise):
+    """The fused, chunked pass (values and gradients) equals the formulas written out on the whole bank."""
+    from hf_fewshot.models.modeling_smat import GateSettings, _MixedExpertGates
+
+    torch.manual_seed(3)
+    log_alpha = (torch.randn(3, 1000, dtype=torch.float64) * 3).requires_grad_()
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64, requires_grad=True)
+    settings = GateSettings(
+        beta=2 / 3, gamma=-0.1, zeta=1.1, noise=noise, seed=11, density_shift=(2 / 3) * math.log(0.1 / 1.1),
+        chunk_size=128,
+    )
+    noisy = torch.cat([chunk for _, chunk in settings.noisy_chunks(log_alpha.detach())], dim=1)
+    gates = (torch.sigmoid((log_alpha + (noisy - log_alpha.detach())) / (2 / 3)) * 1.2 - 0.1).clamp(0, 1)
+    expected = (weights @ gates, torch.sigmoid(log_alpha - (2 / 3) * math.log(0.1 / 1.1)).mean(1))
+    mixed, density, closed = _MixedExpertGates.apply(log_alpha, weights, settings)
+    torch.testing.assert_close(mixed, expected[0])
+    torch.testing.assert_close(density, expected[1])
+    torch.testing.assert_close(closed, (gates == 0).double().mean(1))
+    upstream = torch.randn(1000, dtype=torch.float64), torch.tensor([0.0, 0.7, -0.2], dtype=torch.float64)
+    ours = torch.autograd.grad((mixed * upstream[0]).sum() + density @ upstream[1], [log_alpha, weights])
+    direct = torch.autograd.grad((expected[0] * upstream[0]).sum() + expected[1] @ upstream[1], [log_alpha, weights])
+    for got, want in zip(ours, direct, strict=True):
+        torch.testing.assert_close(got, want)
+    if noise:
+        assert not torch.equal(noisy, log_alpha.detach()), "noise was applied"
+
+
+def test_eval_merge_of_a_trained_bank_uses_the_gate_code_and_stays_exact(smat):
+    smat.eval()
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    # Fresh gates are fractional: the code is not worth building, the chunked pass is used.
+    fresh = smat.mix_eval_gates(weights)
+    assert smat._eval_gate_code is None
+    torch.testing.assert_close(fresh, weights @ smat.expert_gates())
+    with torch.no_grad():  # as after training: saturated gates, a few fractional ones
+        saturated = torch.where(torch.rand_like(smat.gate_logits) < 0.9, math.log(0.01), math.log(100))
+        smat.gate_logits.copy_(saturated)
+        smat.gate_logits[:, :50] = torch.randn(3, 50) * 0.3
+    trained = smat.mix_eval_gates(weights)
+    assert smat._eval_gate_code is not None and len(smat._eval_gate_code.fractional_index) == 50
+    torch.testing.assert_close(trained, weights @ smat.expert_gates())
+    with torch.no_grad():  # an update of log α invalidates the code
+        smat.gate_logits[1].fill_(math.log(100))
+    torch.testing.assert_close(smat.mix_eval_gates(weights), weights @ smat.expert_gates())
 
 
 def test_lagrange_multipliers_reset_when_sparse_enough_and_grow_while_dense(smat):

@@ -52,6 +52,129 @@ class SmatOutput(FewShotOutput):
     router_tau: float | None = None
 
 
+@dataclass(frozen=True)
+class GateSettings:
+    """The hard-concrete constants of one gate evaluation (train or eval) and the seed of its noise."""
+
+    beta: float
+    gamma: float
+    zeta: float
+    noise: float
+    seed: int
+    density_shift: float
+    chunk_size: int = 1 << 16  # columns per chunk: M × 64k floats stay in cache
+
+    def noisy_chunks(self, log_alpha: torch.Tensor):
+        """Yield `(column slice, log α + logit(u))` chunk by chunk; the same noise every time (seeded per call)."""
+        generator = None
+        if self.noise > 0:
+            generator = torch.Generator(device=log_alpha.device).manual_seed(self.seed)
+        for start in range(0, log_alpha.shape[1], self.chunk_size):
+            columns = slice(start, start + self.chunk_size)
+            chunk = log_alpha[:, columns]
+            if generator is not None:
+                u = torch.rand(chunk.shape, generator=generator, device=chunk.device, dtype=chunk.dtype)
+                u = (0.5 + self.noise * (u - 0.5)).clamp_(1e-6, 1 - 1e-6)
+                chunk = chunk + (torch.log(u) - torch.log1p(-u))
+            yield columns, chunk
+
+    def gates(self, noisy_log_alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(s, z)`: s = sigmoid(x / β) and the gate z = clamp(s·(ζ − γ) + γ, 0, 1)."""
+        s = torch.sigmoid(noisy_log_alpha / self.beta)
+        return s, (s * (self.zeta - self.gamma) + self.gamma).clamp_(0.0, 1.0)
+
+
+class _MixedExpertGates(torch.autograd.Function):
+    """Σ_m a_m z_m, the expected densities and the closed fractions, chunk by chunk over the `[M, N]` bank.
+
+    No `[M, N]` intermediate is kept for autograd (8 experts × 21.7 M gates would cost GBs): the backward
+    pass recomputes each chunk's gates, with the same noise, from log α.
+    """
+
+    @staticmethod
+    def forward(ctx, log_alpha: torch.Tensor, weights: torch.Tensor, settings: GateSettings):
+        num_experts, num_elements = log_alpha.shape
+        mixed = log_alpha.new_empty(num_elements)
+        density = log_alpha.new_zeros(num_experts)
+        closed = log_alpha.new_zeros(num_experts)
+        for columns, noisy in settings.noisy_chunks(log_alpha):
+            _, gates = settings.gates(noisy)
+            mixed[columns] = weights @ gates
+            closed += (gates == 0).sum(dim=1)
+            density += torch.sigmoid(log_alpha[:, columns] - settings.density_shift).sum(dim=1)
+        ctx.save_for_backward(log_alpha, weights)
+        ctx.settings = settings
+        ctx.mark_non_differentiable(closed)
+        return mixed, density / num_elements, closed / num_elements
+
+    @staticmethod
+    def backward(ctx, grad_mixed, grad_density, _):
+        log_alpha, weights = ctx.saved_tensors
+        settings = ctx.settings
+        grad_log_alpha = torch.zeros_like(log_alpha)
+        grad_weights = torch.zeros_like(weights)
+        # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: skip that sigmoid pass then.
+        density_scale = None
+        if grad_density is not None and bool(grad_density.any()):
+            density_scale = (grad_density / log_alpha.shape[1]).unsqueeze(1)
+        stretch = (settings.zeta - settings.gamma) / settings.beta
+        for columns, noisy in settings.noisy_chunks(log_alpha):
+            grad = grad_log_alpha[:, columns]
+            if grad_mixed is not None:
+                s, gates = settings.gates(noisy)
+                upstream = grad_mixed[columns]
+                grad_weights += gates @ upstream
+                inside = (gates > 0) & (gates < 1)  # the clamp passes no gradient where the gate saturates
+                grad += weights.unsqueeze(1) * upstream * (s * (1 - s) * stretch) * inside
+            if density_scale is not None:
+                sd = torch.sigmoid(log_alpha[:, columns] - settings.density_shift)
+                grad += density_scale * sd * (1 - sd)
+        return grad_log_alpha, grad_weights, None
+
+
+class _EvalGateCode:
+    """Eval gates of a trained bank in compact form, for merging a task in milliseconds.
+
+    After training almost every eval gate is exactly 0 or 1, so the experts open at element n form a
+    subset, coded in `codes[n]` (bit m = expert m). Then `Σ_m a_m z_m = table[codes[n]]` with
+    `table[c] = Σ_{m ∈ c} a_m` (2^M entries): one gather over N elements instead of M·N sigmoids. The few
+    elements with a fractional gate keep their M gate values and are mixed densely.
+    """
+
+    max_experts = 15
+    max_fractional_share = 0.25  # beyond this the bank is not "trained" yet: the cache would not pay
+
+    def __init__(self, codes: torch.Tensor, fractional_index: torch.Tensor, fractional_gates: torch.Tensor):
+        self.codes, self.fractional_index, self.fractional_gates = codes, fractional_index, fractional_gates
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, log_alpha: torch.Tensor, settings: GateSettings) -> "_EvalGateCode | None":
+        num_experts, num_elements = log_alpha.shape
+        if num_experts > cls.max_experts:
+            return None
+        bits = (2 ** torch.arange(num_experts, device=log_alpha.device, dtype=torch.int32)).unsqueeze(1)
+        codes, fractional_index, fractional_gates, fractional_count = [], [], [], 0
+        for columns, noisy in settings.noisy_chunks(log_alpha):
+            _, gates = settings.gates(noisy)
+            codes.append(((gates == 1).int() * bits).sum(dim=0, dtype=torch.int32))
+            fractional = ((gates > 0) & (gates < 1)).any(dim=0).nonzero().squeeze(1)
+            fractional_count += len(fractional)
+            if fractional_count > cls.max_fractional_share * num_elements:
+                return None
+            fractional_index.append(fractional + columns.start)
+            fractional_gates.append(gates[:, fractional])
+        return cls(torch.cat(codes), torch.cat(fractional_index), torch.cat(fractional_gates, dim=1))
+
+    def mix(self, weights: torch.Tensor) -> torch.Tensor:
+        num_experts = len(weights)
+        subsets = torch.arange(2**num_experts, device=weights.device).unsqueeze(1)
+        membership = ((subsets >> torch.arange(num_experts, device=weights.device)) & 1).to(weights.dtype)
+        mixed = (membership @ weights).index_select(0, self.codes)
+        mixed[self.fractional_index] = weights @ self.fractional_gates
+        return mixed
+
+
 class SmatRouter(nn.Module):
     """The hypernetwork that reads a task: prototypes + skill tokens → one transformer block → expert logits.
 
@@ -168,32 +291,61 @@ class SmatModel(FewShotPreTrainedModel):
             self.backbone._init_weights(module)
 
     # ------------------------------------------------------------------------------------------- gates
+    def _gate_settings(self, training: bool) -> "GateSettings":
+        config = self.config
+        return GateSettings(
+            beta=config.gate_beta if training else config.gate_beta_eval,
+            gamma=config.gate_gamma,
+            zeta=config.gate_zeta,
+            noise=config.gate_noise if training else 0.0,
+            seed=int(torch.randint(2**62, ())) if training and config.gate_noise > 0 else 0,
+            density_shift=config.gate_beta * math.log(-config.gate_gamma / config.gate_zeta),
+        )
+
     def expert_gates(self, training: bool | None = None) -> torch.Tensor:
-        """Hard-concrete gates z `[M, N]` in [0, 1] (SMAT.md §2).
+        """Hard-concrete gates z `[M, N]` in [0, 1] (SMAT.md §2), materialised: for analysis and plots.
 
         Training: `clamp(sigmoid((log α + logit(u)) / β)·(ζ − γ) + γ, 0, 1)`, u uniform in a band of width
-        `gate_noise` around 0.5; eval: the same with u = 0.5 and β_eval.
+        `gate_noise` around 0.5; eval: the same with u = 0.5 and β_eval. Training and merging never
+        materialise this `[M, N]` tensor: they go through `mix_expert_gates`.
         """
-        config = self.config
-        training = self.training if training is None else training
-        log_alpha = self.gate_logits
-        if training and config.gate_noise > 0:
-            u = (0.5 + config.gate_noise * (torch.rand_like(log_alpha) - 0.5)).clamp(1e-6, 1 - 1e-6)
-            log_alpha = log_alpha + torch.log(u) - torch.log1p(-u)
-        beta = config.gate_beta if training else config.gate_beta_eval
-        stretched = torch.sigmoid(log_alpha / beta) * (config.gate_zeta - config.gate_gamma) + config.gate_gamma
-        return stretched.clamp(0.0, 1.0)
+        settings = self._gate_settings(self.training if training is None else training)
+        return torch.cat([settings.gates(chunk)[1] for _, chunk in settings.noisy_chunks(self.gate_logits)], dim=1)
+
+    def mix_expert_gates(
+        self, expert_weights: torch.Tensor, training: bool | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """`(Σ_m a_m z_m [N], expected density d [M], measured sparsity [M])` in one chunked pass over the bank.
+
+        `d_m = mean(sigmoid(log α − β·ln(−γ/ζ)))` is the differentiable probability that a gate is non-zero;
+        the measured sparsity (no gradient) is the fraction of gates exactly 0. Gradients reach log α and a.
+        """
+        settings = self._gate_settings(self.training if training is None else training)
+        return _MixedExpertGates.apply(self.gate_logits, expert_weights.to(self.gate_logits.dtype), settings)
+
+    @torch.no_grad()
+    def mix_eval_gates(self, expert_weights: torch.Tensor) -> torch.Tensor:
+        """`Σ_m a_m z_m` with the eval gates, no gradient: from the compact gate code while log α is unchanged."""
+        log_alpha, settings = self.gate_logits, self._gate_settings(training=False)
+        key = (log_alpha.data_ptr(), log_alpha._version, settings)
+        if getattr(self, "_eval_gate_code_key", None) != key:
+            self._eval_gate_code = _EvalGateCode.build(log_alpha, settings)
+            self._eval_gate_code_key = key
+        weights = expert_weights.to(log_alpha.dtype)
+        if self._eval_gate_code is None:  # gates still fractional: one chunked pass
+            return torch.cat([weights @ settings.gates(chunk)[1] for _, chunk in settings.noisy_chunks(log_alpha)])
+        return self._eval_gate_code.mix(weights)
 
     def expected_density(self) -> torch.Tensor:
-        """Differentiable `d_m = mean(sigmoid(log α − β·ln(−γ/ζ)))`: the probability that a gate is non-zero."""
-        config = self.config
-        shift = config.gate_beta * math.log(-config.gate_gamma / config.gate_zeta)
-        return torch.sigmoid(self.gate_logits - shift).mean(dim=1)
+        """Differentiable expected density `d_m` `[M]` of each expert's gates (training gates)."""
+        uniform = self.gate_logits.new_full((self.config.num_experts,), 1.0 / self.config.num_experts)
+        return self.mix_expert_gates(uniform, training=True)[1]
 
     @torch.no_grad()
     def expert_sparsity(self) -> torch.Tensor:
         """Measured sparsity `[M]`: the fraction of each expert's gates that are exactly 0 (current mode's gates)."""
-        return (self.expert_gates() == 0).float().mean(dim=1)
+        uniform = self.gate_logits.new_full((self.config.num_experts,), 1.0 / self.config.num_experts)
+        return self.mix_expert_gates(uniform)[2]
 
     @torch.no_grad()
     def clamp_gate_logits(self) -> None:
@@ -226,11 +378,17 @@ class SmatModel(FewShotPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------- merge
     def merge_task_weights(
-        self, expert_weights: torch.Tensor, gates: torch.Tensor | None = None
+        self, expert_weights: torch.Tensor, mixed_gates: torch.Tensor | None = None
     ) -> dict[str, torch.Tensor]:
-        """θ_i = θ_pre + (Σ_m a_m z_m) ⊙ θ_δ for every masked backbone tensor, by name (differentiable)."""
-        gates = self.expert_gates() if gates is None else gates
-        update = (expert_weights.to(gates.dtype) @ gates) * self.delta
+        """θ_i = θ_pre + (Σ_m a_m z_m) ⊙ θ_δ for every masked backbone tensor, by name (differentiable).
+
+        `mixed_gates` (`Σ_m a_m z_m` from `mix_expert_gates`) is computed with the current mode's gates if not given.
+        """
+        if mixed_gates is None and not self.training and not torch.is_grad_enabled():
+            mixed_gates = self.mix_eval_gates(expert_weights)
+        elif mixed_gates is None:
+            mixed_gates = self.mix_expert_gates(expert_weights)[0]
+        update = mixed_gates * self.delta
         pre = dict(self.backbone.named_parameters())
         return {
             name: pre[name] + piece.view(shape)
@@ -278,8 +436,8 @@ class SmatModel(FewShotPreTrainedModel):
         with torch.no_grad():  # θ_pre features serve the router and the pre-trained teacher
             pre_features = backbone_features(self.backbone, torch.cat([support_pixel_values, query_pixel_values]))
         pre_prototypes, router_logits, weights = self._route(pre_features[:n_support], support_labels, n_way)
-        gates = self.expert_gates(training=True)
-        task_weights = self.merge_task_weights(weights, gates)
+        mixed_gates, expected_density, sparsity = self.mix_expert_gates(weights, training=True)
+        task_weights = self.merge_task_weights(weights, mixed_gates)
 
         # Prototypes from θ_i with gradient, then one first-order inner SGD step on the support set.
         support_features = backbone_features(self.backbone, support_pixel_values, task_weights)
@@ -304,7 +462,6 @@ class SmatModel(FewShotPreTrainedModel):
         pre_logits = cosine_logits(pre_features[n_support:], pre_prototypes, scale)
         distillation_loss = 0.5 * (self._distillation(logits, teacher_logits) + self._distillation(logits, pre_logits))
 
-        sparsity = (gates.detach() == 0).float().mean(dim=1)
         gap = sparsity - config.sparsity_target
         with torch.no_grad():  # an expert already sparse enough has its multiplier reset
             self.sparsity_multipliers.masked_fill_(gap > 0, 0.0)
@@ -312,7 +469,7 @@ class SmatModel(FewShotPreTrainedModel):
         # L_λ = Σ Δ_m λ_m a_m. Δ is capped at 0: a reset multiplier gets no gradient, so a descent step cannot
         # push it below 0 (λ ≥ 0); while the expert is too dense (Δ < 0) the step raises λ.
         multiplier_loss = (gap.clamp(max=0.0) * self.sparsity_multipliers * fixed_weights).sum()
-        density_gap = self.expected_density() - (1.0 - config.sparsity_target)
+        density_gap = expected_density - (1.0 - config.sparsity_target)
         sparsity_loss = (density_gap * self.sparsity_multipliers.detach() * fixed_weights).sum()
         router_penalty = config.router_logit_penalty * router_logits.pow(2).mean()
 
