@@ -1,10 +1,12 @@
-"""Benchmark the models: meta-training cost per task, task preparation, task-model inference, memory, checkpoint size.
+"""Benchmark the models: meta-training cost per task, task preparation, task-model inference, memory, checkpoint.
 
     python bench/models.py [--backbones tiny vits] [--repeats 5] [--threads 2]
 
-For each backbone shape (random weights: `vits` = ViT-S/16 at 84 px, `tiny` = 192 wide, 6 layers, patch 4,
-32 px) and a 5-way 5-shot 10-query task, every measurement runs in its own process so that peak memory
-(max RSS) belongs to it alone. Prints a Markdown table of medians and min–max over `--repeats` after a warm-up.
+Backbones have random weights: `vits` = ViT-S/16 at 84 px, `tiny` = 192 wide, 6 layers, patch 4, 32 px. SMAT's
+gates are set as after training (saturated, 90% closed) and its delta is non-zero. Tasks are 5-way 5-shot
+10-query; meta-training is timed per update of 4 tasks (SGD step included) and reported per task. Every
+measurement runs in its own process, so peak memory (max RSS) belongs to it alone. Prints a Markdown table
+of medians and min–max over `--repeats` after a warm-up.
 """
 
 import argparse
@@ -20,12 +22,20 @@ import torch
 from tqdm.auto import tqdm
 
 BACKBONES = {
-    "vits": dict(hidden_size=384, num_hidden_layers=12, num_attention_heads=6, intermediate_size=1536,
-                 patch_size=16, image_size=84),
-    "tiny": dict(hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768,
-                 patch_size=4, image_size=32),
+    "vits": dict(
+        hidden_size=384,
+        num_hidden_layers=12,
+        num_attention_heads=6,
+        intermediate_size=1536,
+        patch_size=16,
+        image_size=84,
+    ),
+    "tiny": dict(
+        hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768, patch_size=4, image_size=32
+    ),
 }
 WAYS, SHOTS, QUERIES = 5, 5, 10
+TASKS_PER_UPDATE = 4
 
 
 def make_episode(image_size: int):
@@ -63,12 +73,13 @@ def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None
     extra = None
     if case in ("smat_train", "protonet_train"):
         model = build(case.split("_")[0], backbone).train()
-        parameters = [p for p in model.parameters() if p.requires_grad]
+        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
 
-        def work():
-            for parameter in parameters:
-                parameter.grad = None
-            model(support, support_labels, query, query_labels).loss.backward()
+        def work():  # one update of TASKS_PER_UPDATE tasks (gradient accumulation), as SMAT.md §6
+            for _ in range(TASKS_PER_UPDATE):
+                model(support, support_labels, query, query_labels).loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
     elif case == "smat_prepare":
         model = build("smat", backbone).eval()
 
@@ -102,6 +113,7 @@ def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None
 
         def work():
             pass
+
     work()  # warm-up
     if case == "inference":
         extra[0].clear(), extra[1].clear()
@@ -146,24 +158,34 @@ def main() -> None:
         return f"{mid:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
 
     images = 4 * WAYS * QUERIES
-    print(f"\nModels benchmark ({args.threads} threads, {WAYS}-way {SHOTS}-shot {QUERIES}-query, random weights, "
-          f"trained-like gates, median (min–max) of {args.repeats})\n")
+    print(
+        f"\nModels benchmark ({args.threads} threads, {WAYS}-way {SHOTS}-shot {QUERIES}-query, random weights, "
+        f"trained-like gates, median (min–max) of {args.repeats})\n"
+    )
     print("| measure | " + " | ".join(args.backbones) + " | target |")
     print("|---|" + "---:|" * len(args.backbones) + "---|")
     rows = [
-        ("ProtoNet meta-training, s / task", lambda b: spread(b, "protonet_train"), ""),
-        ("SMAT meta-training, s / task", lambda b: spread(b, "smat_train"), ""),
-        ("SMAT / ProtoNet per task", lambda b: f"{median(b, 'smat_train') / median(b, 'protonet_train'):.2f}×",
-         "≤ 2.4×"),
+        ("ProtoNet meta-training, s / task", lambda b: spread(b, "protonet_train", 1 / TASKS_PER_UPDATE), ""),
+        ("SMAT meta-training, s / task", lambda b: spread(b, "smat_train", 1 / TASKS_PER_UPDATE), ""),
+        (
+            "SMAT / ProtoNet per task",
+            lambda b: f"{median(b, 'smat_train') / median(b, 'protonet_train'):.2f}×",
+            "≤ 2.4×",
+        ),
         ("SMAT training peak RSS, GiB", lambda b: f"{results[b, 'smat_train'][1] / 2**30:.2f}", "≤ 3 GiB (vits)"),
         ("ProtoNet training peak RSS, GiB", lambda b: f"{results[b, 'protonet_train'][1] / 2**30:.2f}", ""),
         ("SMAT route + merge, ms", lambda b: spread(b, "smat_route_merge", 1000, 1), "≤ 50 ms (vits)"),
         ("SMAT prepare_task (+ 2 support passes, copy), ms", lambda b: spread(b, "smat_prepare", 1000, 1), ""),
-        ("plain ViTModel inference, images / s",
-         lambda b: f"{images / statistics.median(results[b, 'inference'][2][0]):.0f}", ""),
-        ("task model / plain ViTModel speed (same process)",
-         lambda b: f"{statistics.median(p / t for p, t in zip(*results[b, 'inference'][2], strict=True)):.3f}×",
-         "≥ 0.98×"),
+        (
+            "plain ViTModel inference, images / s",
+            lambda b: f"{images / statistics.median(results[b, 'inference'][2][0]):.0f}",
+            "",
+        ),
+        (
+            "task model / plain ViTModel speed (same process)",
+            lambda b: f"{statistics.median(p / t for p, t in zip(*results[b, 'inference'][2], strict=True)):.3f}×",
+            "≥ 0.98×",
+        ),
         ("SMAT checkpoint (8 experts), MB", lambda b: f"{results[b, 'checkpoint'][2] / 1e6:.1f}", "report"),
     ]
     for label, cell, target in rows:

@@ -135,13 +135,18 @@ def test_chunked_gate_mixture_matches_direct_autograd(smat, noise):
     log_alpha = (torch.randn(3, 1000, dtype=torch.float64) * 3).requires_grad_()
     weights = torch.tensor([0.2, 0.5, 0.3], dtype=torch.float64, requires_grad=True)
     settings = GateSettings(
-        beta=2 / 3, gamma=-0.1, zeta=1.1, noise=noise, seed=11, density_shift=(2 / 3) * math.log(0.1 / 1.1),
+        beta=2 / 3,
+        gamma=-0.1,
+        zeta=1.1,
+        noise=noise,
+        seed=11,
+        density_shift=(2 / 3) * math.log(0.1 / 1.1),
         chunk_size=128,
     )
     noisy = torch.cat([chunk for _, chunk in settings.noisy_chunks(log_alpha.detach())], dim=1)
     gates = (torch.sigmoid((log_alpha + (noisy - log_alpha.detach())) / (2 / 3)) * 1.2 - 0.1).clamp(0, 1)
     expected = (weights @ gates, torch.sigmoid(log_alpha - (2 / 3) * math.log(0.1 / 1.1)).mean(1))
-    mixed, density, closed = _MixedExpertGates.apply(log_alpha, weights, settings)
+    mixed, density, closed = _MixedExpertGates.apply(log_alpha, weights, settings, None, True)
     torch.testing.assert_close(mixed, expected[0])
     torch.testing.assert_close(density, expected[1])
     torch.testing.assert_close(closed, (gates == 0).double().mean(1))
@@ -154,23 +159,53 @@ def test_chunked_gate_mixture_matches_direct_autograd(smat, noise):
         assert not torch.equal(noisy, log_alpha.detach()), "noise was applied"
 
 
-def test_eval_merge_of_a_trained_bank_uses_the_gate_code_and_stays_exact(smat):
+def saturate(smat: SmatModel, fractional: int = 50) -> None:
+    """Gates as after training: log α at its bounds (90% closed), a few still fractional."""
+    with torch.no_grad():
+        closed = torch.rand_like(smat.gate_logits) < 0.9
+        smat.gate_logits.copy_(torch.where(closed, math.log(0.01), math.log(100)))
+        smat.gate_logits[:, :fractional] = torch.randn(smat.gate_logits.shape[0], fractional) * 0.3
+
+
+def test_merging_a_saturated_bank_uses_the_gate_code_and_stays_exact(smat):
     smat.eval()
     weights = torch.tensor([0.5, 0.3, 0.2])
-    # Fresh gates are fractional: the code is not worth building, the chunked pass is used.
-    fresh = smat.mix_eval_gates(weights)
-    assert smat._eval_gate_code is None
+    settings = smat._gate_settings(training=False)
+    fresh = smat.mix_expert_gates(weights, with_density=False)[0]
+    assert smat._gate_codes[settings][1] is None, "fresh gates are fractional: no code, the chunked pass"
     torch.testing.assert_close(fresh, weights @ smat.expert_gates())
-    with torch.no_grad():  # as after training: saturated gates, a few fractional ones
-        saturated = torch.where(torch.rand_like(smat.gate_logits) < 0.9, math.log(0.01), math.log(100))
-        smat.gate_logits.copy_(saturated)
-        smat.gate_logits[:, :50] = torch.randn(3, 50) * 0.3
-    trained = smat.mix_eval_gates(weights)
-    assert smat._eval_gate_code is not None and len(smat._eval_gate_code.fractional_index) == 50
-    torch.testing.assert_close(trained, weights @ smat.expert_gates())
+    saturate(smat)
+    merged = smat.mix_expert_gates(weights, with_density=False)[0]
+    assert len(smat._gate_codes[settings][1].fractional_index) == 50
+    torch.testing.assert_close(merged, weights @ smat.expert_gates())
     with torch.no_grad():  # an update of log α invalidates the code
         smat.gate_logits[1].fill_(math.log(100))
-    torch.testing.assert_close(smat.mix_eval_gates(weights), weights @ smat.expert_gates())
+    torch.testing.assert_close(smat.mix_expert_gates(weights)[0], weights @ smat.expert_gates())
+    torch.testing.assert_close(smat.expert_sparsity(), (smat.expert_gates() == 0).float().mean(1))
+
+
+def test_coded_training_gradients_equal_the_chunked_ones(smat):
+    """The gate code (saturated bank) and the chunked pass give the same values and gradients in training."""
+    from hf_fewshot.models.modeling_smat import _MixedExpertGates
+
+    saturate(smat)
+    weights = torch.tensor([0.2, 0.5, 0.3], requires_grad=True)
+    upstream = torch.randn(smat.delta.numel()), torch.tensor([0.0, 0.4, 0.1])
+    settings = smat._gate_settings(training=True)
+    saturated_code = smat._gate_code(settings)
+    assert saturated_code is not None
+    results = []
+    for code in (saturated_code, None):
+        smat.gate_logits.grad = None
+        mixed, density, closed = _MixedExpertGates.apply(smat.gate_logits, weights, settings, code, True)
+        (weight_grad,) = torch.autograd.grad(
+            (mixed * upstream[0]).sum() + density @ upstream[1], [weights], retain_graph=True
+        )
+        ((mixed * upstream[0]).sum() + density @ upstream[1]).backward()
+        results.append((mixed.detach(), density.detach(), closed, weight_grad, smat.gate_logits.grad.clone()))
+    assert results[0][0].shape == results[1][0].shape
+    for coded, chunked in zip(*results, strict=True):
+        torch.testing.assert_close(coded, chunked)
 
 
 def test_lagrange_multipliers_reset_when_sparse_enough_and_grow_while_dense(smat):

@@ -84,95 +84,124 @@ class GateSettings:
         return s, (s * (self.zeta - self.gamma) + self.gamma).clamp_(0.0, 1.0)
 
 
-class _MixedExpertGates(torch.autograd.Function):
-    """Σ_m a_m z_m, the expected densities and the closed fractions, chunk by chunk over the `[M, N]` bank.
+class _GateCode:
+    """The gates of a bank in compact form, valid while log α does not change (between optimizer steps, at eval).
 
-    No `[M, N]` intermediate is kept for autograd (8 experts × 21.7 M gates would cost GBs): the backward
-    pass recomputes each chunk's gates, with the same noise, from log α.
-    """
-
-    @staticmethod
-    def forward(ctx, log_alpha: torch.Tensor, weights: torch.Tensor, settings: GateSettings):
-        num_experts, num_elements = log_alpha.shape
-        mixed = log_alpha.new_empty(num_elements)
-        density = log_alpha.new_zeros(num_experts)
-        closed = log_alpha.new_zeros(num_experts)
-        for columns, noisy in settings.noisy_chunks(log_alpha):
-            _, gates = settings.gates(noisy)
-            mixed[columns] = weights @ gates
-            closed += (gates == 0).sum(dim=1)
-            density += torch.sigmoid(log_alpha[:, columns] - settings.density_shift).sum(dim=1)
-        ctx.save_for_backward(log_alpha, weights)
-        ctx.settings = settings
-        ctx.mark_non_differentiable(closed)
-        return mixed, density / num_elements, closed / num_elements
-
-    @staticmethod
-    def backward(ctx, grad_mixed, grad_density, _):
-        log_alpha, weights = ctx.saved_tensors
-        settings = ctx.settings
-        grad_log_alpha = torch.zeros_like(log_alpha)
-        grad_weights = torch.zeros_like(weights)
-        # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: skip that sigmoid pass then.
-        density_scale = None
-        if grad_density is not None and bool(grad_density.any()):
-            density_scale = (grad_density / log_alpha.shape[1]).unsqueeze(1)
-        stretch = (settings.zeta - settings.gamma) / settings.beta
-        for columns, noisy in settings.noisy_chunks(log_alpha):
-            grad = grad_log_alpha[:, columns]
-            if grad_mixed is not None:
-                s, gates = settings.gates(noisy)
-                upstream = grad_mixed[columns]
-                grad_weights += gates @ upstream
-                inside = (gates > 0) & (gates < 1)  # the clamp passes no gradient where the gate saturates
-                grad += weights.unsqueeze(1) * upstream * (s * (1 - s) * stretch) * inside
-            if density_scale is not None:
-                sd = torch.sigmoid(log_alpha[:, columns] - settings.density_shift)
-                grad += density_scale * sd * (1 - sd)
-        return grad_log_alpha, grad_weights, None
-
-
-class _EvalGateCode:
-    """Eval gates of a trained bank in compact form, for merging a task in milliseconds.
-
-    After training almost every eval gate is exactly 0 or 1, so the experts open at element n form a
-    subset, coded in `codes[n]` (bit m = expert m). Then `Σ_m a_m z_m = table[codes[n]]` with
-    `table[c] = Σ_{m ∈ c} a_m` (2^M entries): one gather over N elements instead of M·N sigmoids. The few
-    elements with a fractional gate keep their M gate values and are mixed densely.
+    Once trained, almost every gate is exactly 0 or 1, so the experts open at element n form a subset,
+    coded in `codes[n]` (bit m = expert m). Then `Σ_m a_m z_mn = table[codes[n]]` with
+    `table[c] = Σ_{m ∈ c} a_m`: one gather over N elements instead of M·N sigmoids, and the gradient of
+    the weights one scatter-add. An element with a fractional gate gets the extra code 2^M (a zero row of
+    the table) and keeps its M gate values in `fractional_gates`.
     """
 
     max_experts = 15
-    max_fractional_share = 0.25  # beyond this the bank is not "trained" yet: the cache would not pay
+    max_fractional_share = 0.25  # beyond this the bank is not saturated yet and the code would not pay
 
-    def __init__(self, codes: torch.Tensor, fractional_index: torch.Tensor, fractional_gates: torch.Tensor):
+    def __init__(self, codes, fractional_index, fractional_gates, closed_fraction):
         self.codes, self.fractional_index, self.fractional_gates = codes, fractional_index, fractional_gates
+        self.closed_fraction = closed_fraction
+        num_experts = len(closed_fraction)
+        subsets = torch.arange(2**num_experts + 1, device=codes.device).unsqueeze(1)
+        membership = (subsets >> torch.arange(num_experts, device=codes.device)) & 1
+        membership[-1] = 0  # the code of elements with a fractional gate
+        self.membership = membership.to(fractional_gates.dtype)
 
     @classmethod
     @torch.no_grad()
-    def build(cls, log_alpha: torch.Tensor, settings: GateSettings) -> "_EvalGateCode | None":
+    def build(cls, log_alpha: torch.Tensor, settings: GateSettings) -> "_GateCode | None":
         num_experts, num_elements = log_alpha.shape
-        if num_experts > cls.max_experts:
+        if num_experts > cls.max_experts or settings.noise > 0:
             return None
         bits = (2 ** torch.arange(num_experts, device=log_alpha.device, dtype=torch.int32)).unsqueeze(1)
-        codes, fractional_index, fractional_gates, fractional_count = [], [], [], 0
+        codes, fractional_index, fractional_gates = [], [], []
+        closed, fractional_count = log_alpha.new_zeros(num_experts), 0
         for columns, noisy in settings.noisy_chunks(log_alpha):
             _, gates = settings.gates(noisy)
-            codes.append(((gates == 1).int() * bits).sum(dim=0, dtype=torch.int32))
+            chunk_codes = ((gates == 1).int() * bits).sum(dim=0, dtype=torch.int32)
             fractional = ((gates > 0) & (gates < 1)).any(dim=0).nonzero().squeeze(1)
             fractional_count += len(fractional)
             if fractional_count > cls.max_fractional_share * num_elements:
                 return None
+            chunk_codes[fractional] = 2**num_experts
+            codes.append(chunk_codes)
             fractional_index.append(fractional + columns.start)
             fractional_gates.append(gates[:, fractional])
-        return cls(torch.cat(codes), torch.cat(fractional_index), torch.cat(fractional_gates, dim=1))
+            closed += (gates == 0).sum(dim=1)
+        return cls(
+            torch.cat(codes), torch.cat(fractional_index), torch.cat(fractional_gates, dim=1), closed / num_elements
+        )
 
     def mix(self, weights: torch.Tensor) -> torch.Tensor:
-        num_experts = len(weights)
-        subsets = torch.arange(2**num_experts, device=weights.device).unsqueeze(1)
-        membership = ((subsets >> torch.arange(num_experts, device=weights.device)) & 1).to(weights.dtype)
-        mixed = (membership @ weights).index_select(0, self.codes)
+        mixed = (self.membership @ weights).index_select(0, self.codes)
         mixed[self.fractional_index] = weights @ self.fractional_gates
         return mixed
+
+    def weights_grad(self, upstream: torch.Tensor) -> torch.Tensor:
+        """`∂L/∂a_m = Σ_n z_mn · ∂L/∂mixed_n`, summed per code first."""
+        per_code = upstream.new_zeros(len(self.membership)).index_add_(0, self.codes, upstream)
+        return self.membership.T @ per_code + self.fractional_gates @ upstream[self.fractional_index]
+
+
+class _MixedExpertGates(torch.autograd.Function):
+    """Σ_m a_m z_m, the expected densities and the closed fractions of the `[M, N]` bank.
+
+    No `[M, N]` intermediate is kept for autograd (8 experts × 21.7 M gates would cost GBs). With a
+    `_GateCode` (deterministic, saturated gates) the mixture and its gradients touch N elements plus the
+    fractional ones; otherwise one chunked pass, and the backward recomputes each chunk's gates with the
+    same noise. The densities (a sigmoid pass) are only computed when `with_density` is set.
+    """
+
+    @staticmethod
+    def forward(ctx, log_alpha, weights, settings: GateSettings, code: _GateCode | None, with_density: bool):
+        num_experts, num_elements = log_alpha.shape
+        density = log_alpha.new_zeros(num_experts)
+        if code is not None:
+            mixed, closed = code.mix(weights), code.closed_fraction.clone()
+        else:
+            mixed, closed = log_alpha.new_empty(num_elements), log_alpha.new_zeros(num_experts)
+            for columns, noisy in settings.noisy_chunks(log_alpha):
+                _, gates = settings.gates(noisy)
+                mixed[columns] = weights @ gates
+                closed += (gates == 0).sum(dim=1)
+            closed /= num_elements
+        if with_density:
+            for start in range(0, num_elements, settings.chunk_size):
+                chunk = log_alpha[:, start : start + settings.chunk_size]
+                density += torch.sigmoid(chunk - settings.density_shift).sum(dim=1)
+            density /= num_elements
+        ctx.save_for_backward(log_alpha, weights)
+        ctx.settings, ctx.code = settings, code
+        ctx.mark_non_differentiable(closed)
+        return mixed, density, closed
+
+    @staticmethod
+    def backward(ctx, grad_mixed, grad_density, _):
+        log_alpha, weights = ctx.saved_tensors
+        settings, code = ctx.settings, ctx.code
+        stretch = (settings.zeta - settings.gamma) / settings.beta
+        grad_log_alpha = torch.zeros_like(log_alpha)
+        grad_weights = torch.zeros_like(weights)
+        if grad_mixed is not None and code is not None:
+            grad_weights = code.weights_grad(grad_mixed)
+            index, gates = code.fractional_index, code.fractional_gates
+            s = torch.sigmoid(log_alpha[:, index] / settings.beta)
+            inside = (gates > 0) & (gates < 1)  # the clamp passes no gradient where the gate saturates
+            grad_log_alpha[:, index] = weights.unsqueeze(1) * grad_mixed[index] * (s * (1 - s) * stretch) * inside
+        elif grad_mixed is not None:
+            for columns, noisy in settings.noisy_chunks(log_alpha):
+                s, gates = settings.gates(noisy)
+                upstream = grad_mixed[columns]
+                grad_weights += gates @ upstream
+                inside = (gates > 0) & (gates < 1)
+                grad_log_alpha[:, columns] += weights.unsqueeze(1) * upstream * (s * (1 - s) * stretch) * inside
+        # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: skip the sigmoid pass then.
+        if grad_density is not None and bool(grad_density.any()):
+            scale = (grad_density / log_alpha.shape[1]).unsqueeze(1)
+            for start in range(0, log_alpha.shape[1], settings.chunk_size):
+                columns = slice(start, start + settings.chunk_size)
+                sd = torch.sigmoid(log_alpha[:, columns] - settings.density_shift)
+                grad_log_alpha[:, columns] += scale * sd * (1 - sd)
+        return grad_log_alpha, grad_weights, None, None, None
 
 
 class SmatRouter(nn.Module):
@@ -277,6 +306,8 @@ class SmatModel(FewShotPreTrainedModel):
         self.router = SmatRouter(config, config.backbone_config.hidden_size)
         self.head = CosinePrototypeHead(config.logit_scale, 0.0, learnable_scale=False, learnable_bias=False)
         self.register_buffer("router_tasks_seen", torch.zeros((), dtype=torch.long))
+        self._gate_codes: dict[GateSettings, tuple] = {}  # compact gates per setting, keyed by log α's version
+        self._clamped_key = None
         self.post_init()
 
     def _init_weights(self, module):
@@ -313,31 +344,30 @@ class SmatModel(FewShotPreTrainedModel):
         return torch.cat([settings.gates(chunk)[1] for _, chunk in settings.noisy_chunks(self.gate_logits)], dim=1)
 
     def mix_expert_gates(
-        self, expert_weights: torch.Tensor, training: bool | None = None
+        self, expert_weights: torch.Tensor, training: bool | None = None, with_density: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """`(Σ_m a_m z_m [N], expected density d [M], measured sparsity [M])` in one chunked pass over the bank.
+        """`(Σ_m a_m z_m [N], expected density d [M], measured sparsity [M])` without materialising `[M, N]`.
 
-        `d_m = mean(sigmoid(log α − β·ln(−γ/ζ)))` is the differentiable probability that a gate is non-zero;
-        the measured sparsity (no gradient) is the fraction of gates exactly 0. Gradients reach log α and a.
+        `d_m = mean(sigmoid(log α − β·ln(−γ/ζ)))` is the differentiable probability that a gate is non-zero
+        (zeros unless `with_density`); the measured sparsity (no gradient) is the fraction of gates exactly 0.
+        Gradients reach log α and a. Deterministic gates are read from a compact code, rebuilt whenever
+        log α changes (once per optimizer step), when the bank is saturated enough for it to pay.
         """
         settings = self._gate_settings(self.training if training is None else training)
-        return _MixedExpertGates.apply(self.gate_logits, expert_weights.to(self.gate_logits.dtype), settings)
+        weights = expert_weights.to(self.gate_logits.dtype)
+        return _MixedExpertGates.apply(self.gate_logits, weights, settings, self._gate_code(settings), with_density)
 
-    @torch.no_grad()
-    def mix_eval_gates(self, expert_weights: torch.Tensor) -> torch.Tensor:
-        """`Σ_m a_m z_m` with the eval gates, no gradient: from the compact gate code while log α is unchanged."""
-        log_alpha, settings = self.gate_logits, self._gate_settings(training=False)
-        key = (log_alpha.data_ptr(), log_alpha._version, settings)
-        if getattr(self, "_eval_gate_code_key", None) != key:
-            self._eval_gate_code = _EvalGateCode.build(log_alpha, settings)
-            self._eval_gate_code_key = key
-        weights = expert_weights.to(log_alpha.dtype)
-        if self._eval_gate_code is None:  # gates still fractional: one chunked pass
-            return torch.cat([weights @ settings.gates(chunk)[1] for _, chunk in settings.noisy_chunks(log_alpha)])
-        return self._eval_gate_code.mix(weights)
+    def _gate_code(self, settings: GateSettings) -> _GateCode | None:
+        if settings.noise > 0:
+            return None
+        key = (self.gate_logits.data_ptr(), self.gate_logits._version)
+        cached = self._gate_codes.get(settings)
+        if cached is None or cached[0] != key:
+            cached = self._gate_codes[settings] = (key, _GateCode.build(self.gate_logits.detach(), settings))
+        return cached[1]
 
     def expected_density(self) -> torch.Tensor:
-        """Differentiable expected density `d_m` `[M]` of each expert's gates (training gates)."""
+        """Differentiable expected density `d_m` `[M]` of each expert's gates."""
         uniform = self.gate_logits.new_full((self.config.num_experts,), 1.0 / self.config.num_experts)
         return self.mix_expert_gates(uniform, training=True)[1]
 
@@ -345,12 +375,18 @@ class SmatModel(FewShotPreTrainedModel):
     def expert_sparsity(self) -> torch.Tensor:
         """Measured sparsity `[M]`: the fraction of each expert's gates that are exactly 0 (current mode's gates)."""
         uniform = self.gate_logits.new_full((self.config.num_experts,), 1.0 / self.config.num_experts)
-        return self.mix_expert_gates(uniform)[2]
+        return self.mix_expert_gates(uniform, with_density=False)[2]
 
     @torch.no_grad()
     def clamp_gate_logits(self) -> None:
-        """Clamp log α to [gate_logit_min, gate_logit_max] in place (done before every training forward)."""
-        self.gate_logits.clamp_(self.config.gate_logit_min, self.config.gate_logit_max)
+        """Clamp log α to [gate_logit_min, gate_logit_max] in place before a training forward (SMAT.md §2).
+
+        Only after log α changed (an optimizer step): unchanged logits are not touched, so cached gate codes
+        stay valid across the tasks of one update."""
+        key = (self.gate_logits.data_ptr(), self.gate_logits._version)
+        if self._clamped_key != key:
+            self.gate_logits.clamp_(self.config.gate_logit_min, self.config.gate_logit_max)
+            self._clamped_key = (self.gate_logits.data_ptr(), self.gate_logits._version)
 
     # ------------------------------------------------------------------------------------------ router
     @property
@@ -384,10 +420,8 @@ class SmatModel(FewShotPreTrainedModel):
 
         `mixed_gates` (`Σ_m a_m z_m` from `mix_expert_gates`) is computed with the current mode's gates if not given.
         """
-        if mixed_gates is None and not self.training and not torch.is_grad_enabled():
-            mixed_gates = self.mix_eval_gates(expert_weights)
-        elif mixed_gates is None:
-            mixed_gates = self.mix_expert_gates(expert_weights)[0]
+        if mixed_gates is None:
+            mixed_gates = self.mix_expert_gates(expert_weights, with_density=False)[0]
         update = mixed_gates * self.delta
         pre = dict(self.backbone.named_parameters())
         return {
@@ -436,7 +470,8 @@ class SmatModel(FewShotPreTrainedModel):
         with torch.no_grad():  # θ_pre features serve the router and the pre-trained teacher
             pre_features = backbone_features(self.backbone, torch.cat([support_pixel_values, query_pixel_values]))
         pre_prototypes, router_logits, weights = self._route(pre_features[:n_support], support_labels, n_way)
-        mixed_gates, expected_density, sparsity = self.mix_expert_gates(weights, training=True)
+        with_density = bool((self.sparsity_multipliers > 0).any())  # else L_sp = 0 whatever the densities
+        mixed_gates, expected_density, sparsity = self.mix_expert_gates(weights, True, with_density)
         task_weights = self.merge_task_weights(weights, mixed_gates)
 
         # Prototypes from θ_i with gradient, then one first-order inner SGD step on the support set.
