@@ -10,6 +10,7 @@ of medians and min–max over `--repeats` after a warm-up.
 """
 
 import argparse
+import copy
 import math
 import multiprocessing
 import resource
@@ -87,12 +88,13 @@ def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None
             model.prepare_task(support, support_labels)
     elif case == "smat_route_merge":  # prepare_task without its two backbone passes over the support set
         model = build("smat", backbone).eval()
+        task_backbone = copy.deepcopy(model.backbone)
         with torch.no_grad():
             features = model.embed(support)
 
         def work():
             with torch.no_grad():
-                model.merge_task_weights(model._route(features, support_labels, WAYS)[2])
+                model.merge_task_weights_into(task_backbone, model._route(features, support_labels, WAYS)[2])
     elif case == "inference":  # the merged task model against a plain ViTModel, interleaved in one process
         model = build("smat", backbone).eval()
         networks = [build("plain", backbone).eval(), model.prepare_task(support, support_labels).backbone]
@@ -174,8 +176,12 @@ def main() -> None:
         ),
         ("SMAT training peak RSS, GiB", lambda b: f"{results[b, 'smat_train'][1] / 2**30:.2f}", "≤ 3 GiB (vits)"),
         ("ProtoNet training peak RSS, GiB", lambda b: f"{results[b, 'protonet_train'][1] / 2**30:.2f}", ""),
-        ("SMAT route + merge, ms", lambda b: spread(b, "smat_route_merge", 1000, 1), "≤ 50 ms (vits)"),
-        ("SMAT prepare_task (+ 2 support passes, copy), ms", lambda b: spread(b, "smat_prepare", 1000, 1), ""),
+        (
+            "SMAT route + merge into a backbone copy, ms",
+            lambda b: spread(b, "smat_route_merge", 1000, 1),
+            "≤ 50 ms (vits)",
+        ),
+        ("SMAT prepare_task (+ copy, 2 support passes), ms", lambda b: spread(b, "smat_prepare", 1000, 1), ""),
         (
             "plain ViTModel inference, images / s",
             lambda b: f"{images / statistics.median(results[b, 'inference'][2][0]):.0f}",

@@ -178,6 +178,13 @@ def test_merging_a_saturated_bank_uses_the_gate_code_and_stays_exact(smat):
     merged = smat.mix_expert_gates(weights, with_density=False)[0]
     assert len(smat._gate_codes[settings][1].fractional_index) == 50
     torch.testing.assert_close(merged, weights @ smat.expert_gates())
+    copy = SmatModel(smat.config).backbone
+    with torch.no_grad():
+        smat.delta.normal_(0, 1e-2)
+        smat.merge_task_weights_into(copy, weights)
+        expected = smat.merge_task_weights(weights)
+    for name, parameter in copy.named_parameters():
+        torch.testing.assert_close(parameter, expected[name], rtol=0, atol=1e-7)
     with torch.no_grad():  # an update of log α invalidates the code
         smat.gate_logits[1].fill_(math.log(100))
     torch.testing.assert_close(smat.mix_expert_gates(weights)[0], weights @ smat.expert_gates())

@@ -131,8 +131,9 @@ class _GateCode:
             torch.cat(codes), torch.cat(fractional_index), torch.cat(fractional_gates, dim=1), closed / num_elements
         )
 
-    def mix(self, weights: torch.Tensor) -> torch.Tensor:
-        mixed = (self.membership @ weights).index_select(0, self.codes)
+    def mix(self, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """`Σ_m a_m z_mn` for every element; `out` (a reused buffer) spares a large allocation."""
+        mixed = torch.index_select(self.membership @ weights, 0, self.codes, out=out)
         mixed[self.fractional_index] = weights @ self.fractional_gates
         return mixed
 
@@ -308,6 +309,7 @@ class SmatModel(FewShotPreTrainedModel):
         self.register_buffer("router_tasks_seen", torch.zeros((), dtype=torch.long))
         self._gate_codes: dict[GateSettings, tuple] = {}  # compact gates per setting, keyed by log α's version
         self._clamped_key = None
+        self._merge_buffer: torch.Tensor | None = None  # reused by merge_task_weights_into
         self.post_init()
 
     def _init_weights(self, module):
@@ -570,13 +572,33 @@ class SmatModel(FewShotPreTrainedModel):
         self.eval()
         _, _, weights = self._route(backbone_features(self.backbone, support_pixel_values), support_labels, n_way)
         task_backbone = copy.deepcopy(self.backbone)
-        merged = self.merge_task_weights(weights)
-        for name, parameter in task_backbone.named_parameters():
-            if name in merged:
-                parameter.copy_(merged[name])
+        self.merge_task_weights_into(task_backbone, weights)
         prototypes = class_prototypes(backbone_features(task_backbone, support_pixel_values), support_labels, n_way)
         self.train(was_training)
         return FewShotTask(task_backbone, prototypes, self.config.logit_scale, 0.0, support_pixel_values.shape[-2:])
+
+    @torch.no_grad()
+    def merge_task_weights_into(self, backbone: nn.Module, expert_weights: torch.Tensor) -> None:
+        """Write θ_i = θ_pre + (Σ_m a_m z_m) ⊙ θ_δ (eval gates) into the parameters of a copy of the backbone.
+
+        The same values as `merge_task_weights`, without allocating: the mixture goes into a reused buffer
+        and each tensor is one `addcmul` into the copy (fresh 100 MB allocations cost more than the arithmetic).
+        """
+        settings = self._gate_settings(training=False)
+        code = self._gate_code(settings)
+        if code is None:
+            mixed = self.mix_expert_gates(expert_weights, training=False, with_density=False)[0]
+        else:
+            if self._merge_buffer is None or len(self._merge_buffer) != len(self.delta):
+                self._merge_buffer = torch.empty_like(self.delta)
+            mixed = code.mix(expert_weights.to(self.delta.dtype), out=self._merge_buffer)
+        pre = dict(self.backbone.named_parameters())
+        targets = dict(backbone.named_parameters())
+        sizes = self.masked_sizes
+        pieces = zip(self.masked_parameter_names, mixed.split(sizes), self.delta.split(sizes), strict=True)
+        for name, mixed_piece, delta_piece in pieces:
+            target = targets[name]
+            torch.addcmul(pre[name], mixed_piece.view_as(target), delta_piece.view_as(target), out=target)
 
 
 __all__ = ["SmatModel", "SmatOutput", "SmatRouter"]
