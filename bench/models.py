@@ -4,9 +4,10 @@
 
 Backbones have random weights: `vits` = ViT-S/16 at 84 px, `tiny` = 192 wide, 6 layers, patch 4, 32 px. SMAT's
 gates are set as after training (saturated, 90% closed) and its delta is non-zero. Tasks are 5-way 5-shot
-10-query; meta-training is timed per update of 4 tasks (SGD step included) and reported per task. Every
-measurement runs in its own process, so peak memory (max RSS) belongs to it alone. Prints a Markdown table
-of medians and min–max over `--repeats` after a warm-up.
+10-query; meta-training is timed per update of 4 tasks (SGD step included) and reported per task. Every case
+runs in its own process, so peak memory (max RSS) belongs to it alone; what is compared as a ratio (SMAT vs
+ProtoNet, task model vs plain ViT) alternates in one process. Prints a Markdown table of medians and min–max
+over `--repeats` after a warm-up.
 """
 
 import argparse
@@ -67,26 +68,40 @@ def build(kind: str, backbone: str):
     return ViTModel(config, add_pooling_layer=False)
 
 
-def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None:
-    """Run one case in this (fresh) process and put (seconds per repeat, peak RSS in bytes, extra) on `queue`."""
-    torch.set_num_threads(threads)
-    support, support_labels, query, query_labels = make_episode(BACKBONES[backbone]["image_size"])
-    extra = None
-    if case in ("smat_train", "protonet_train"):
-        model = build(case.split("_")[0], backbone).train()
-        optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+def training_update(kind: str, backbone: str, episode):
+    """One meta-training update of `kind`: TASKS_PER_UPDATE tasks (gradient accumulation) and an SGD step."""
+    model = build(kind, backbone).train()
+    optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
 
-        def work():  # one update of TASKS_PER_UPDATE tasks (gradient accumulation), as SMAT.md §6
-            for _ in range(TASKS_PER_UPDATE):
-                model(support, support_labels, query, query_labels).loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    def update():
+        for _ in range(TASKS_PER_UPDATE):
+            model(*episode).loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return update
+
+
+def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None:
+    """Run one case in this (fresh) process; put (seconds per repeat, peak RSS in bytes, extra) on `queue`.
+
+    Cases that compare two things ("train", "inference") alternate them in one process, one run each in
+    turn, and return both series in `extra`: their ratio is then free of the drift of a shared CPU.
+    """
+    torch.set_num_threads(threads)
+    episode = make_episode(BACKBONES[backbone]["image_size"])
+    support, support_labels, query, _ = episode
+    extra, compared = None, None
+    if case == "train":
+        compared = [training_update("protonet", backbone, episode), training_update("smat", backbone, episode)]
+    elif case in ("protonet_memory", "smat_memory"):  # alone in its process, so max RSS is its own
+        work = training_update(case.split("_")[0], backbone, episode)
     elif case == "smat_prepare":
         model = build("smat", backbone).eval()
 
         def work():
             model.prepare_task(support, support_labels)
-    elif case == "smat_route_merge":  # prepare_task without its two backbone passes over the support set
+    elif case == "smat_route_merge":  # prepare_task without the backbone copy and its two support passes
         model = build("smat", backbone).eval()
         task_backbone = copy.deepcopy(model.backbone)
         with torch.no_grad():
@@ -95,18 +110,19 @@ def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None
         def work():
             with torch.no_grad():
                 model.merge_task_weights_into(task_backbone, model._route(features, support_labels, WAYS)[2])
-    elif case == "inference":  # the merged task model against a plain ViTModel, interleaved in one process
+    elif case == "inference":  # the merged task model against a plain ViTModel
         model = build("smat", backbone).eval()
         networks = [build("plain", backbone).eval(), model.prepare_task(support, support_labels).backbone]
         images = torch.cat([query] * 4)
-        extra = ([], [])
 
-        def work():
-            for network, times in zip(networks, extra, strict=True):
-                start = time.perf_counter()
+        def forward(network):
+            def run():
                 with torch.no_grad():
                     network(pixel_values=images)
-                times.append(time.perf_counter() - start)
+
+            return run
+
+        compared = [forward(network) for network in networks]
     elif case == "checkpoint":
         model = build("smat", backbone)
         with tempfile.TemporaryDirectory() as folder:
@@ -116,8 +132,20 @@ def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None
         def work():
             pass
 
+    if compared is not None:
+        extra = ([], [])
+
+        order = [0, 1]
+
+        def work():  # A B, then B A: neither side always runs first
+            for index in order:
+                start = time.perf_counter()
+                compared[index]()
+                extra[index].append(time.perf_counter() - start)
+            order.reverse()
+
     work()  # warm-up
-    if case == "inference":
+    if compared is not None:
         extra[0].clear(), extra[1].clear()
     seconds = []
     for _ in range(repeats):
@@ -143,57 +171,57 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cases = ["protonet_train", "smat_train", "smat_route_merge", "smat_prepare", "inference", "checkpoint"]
+    cases = ["train", "protonet_memory", "smat_memory", "smat_route_merge", "smat_prepare", "inference", "checkpoint"]
     results = {}
     with tqdm(total=len(cases) * len(args.backbones), desc="bench/models", unit="case") as progress:
         for backbone in args.backbones:
             for case in cases:
-                results[backbone, case] = run_case(case, backbone, args.repeats, args.threads)
+                repeats = 3 * args.repeats if case == "inference" else args.repeats  # a small, noisy ratio
+                results[backbone, case] = run_case(case, backbone, repeats, args.threads)
                 progress.update()
+    images = 4 * WAYS * QUERIES
 
-    def median(backbone, case):
-        return statistics.median(results[backbone, case][0])
-
-    def spread(backbone, case, scale=1.0, digits=3):
-        times = results[backbone, case][0]
-        low, mid, high = (value * scale for value in (min(times), median(backbone, case), max(times)))
+    def spread(times, scale=1.0, digits=3):
+        low, mid, high = (value * scale for value in (min(times), statistics.median(times), max(times)))
         return f"{mid:.{digits}f} ({low:.{digits}f}–{high:.{digits}f})"
 
-    images = 4 * WAYS * QUERIES
+    def ratio(backbone, case, numerator, denominator):
+        series = results[backbone, case][2]
+        return f"{statistics.median(a / b for a, b in zip(series[numerator], series[denominator], strict=True)):.3f}×"
+
+    def rss(backbone, case):
+        return f"{results[backbone, case][1] / 2**30:.2f}"
+
+    rows = [
+        ("ProtoNet meta-training, s / task", lambda b: spread(results[b, "train"][2][0], 1 / TASKS_PER_UPDATE), ""),
+        ("SMAT meta-training, s / task", lambda b: spread(results[b, "train"][2][1], 1 / TASKS_PER_UPDATE), ""),
+        ("SMAT / ProtoNet per task (same process)", lambda b: ratio(b, "train", 1, 0), "≤ 2.4×"),
+        ("SMAT training peak RSS, GiB", lambda b: rss(b, "smat_memory"), "≤ 3 GiB (vits)"),
+        ("ProtoNet training peak RSS, GiB", lambda b: rss(b, "protonet_memory"), ""),
+        (
+            "SMAT route + merge into a backbone copy, ms",
+            lambda b: spread(results[b, "smat_route_merge"][0], 1e3, 1),
+            "≤ 50 ms (vits)",
+        ),
+        (
+            "SMAT prepare_task (+ copy, 2 support passes), ms",
+            lambda b: spread(results[b, "smat_prepare"][0], 1e3, 1),
+            "",
+        ),
+        (
+            "plain ViTModel inference, images / s",
+            lambda b: f"{images / statistics.median(results[b, 'inference'][2][0]):.0f}",
+            "",
+        ),
+        ("task model / plain ViTModel speed (same process)", lambda b: ratio(b, "inference", 0, 1), "≥ 0.98×"),
+        ("SMAT checkpoint (8 experts), MB", lambda b: f"{results[b, 'checkpoint'][2] / 1e6:.1f}", "report"),
+    ]
     print(
         f"\nModels benchmark ({args.threads} threads, {WAYS}-way {SHOTS}-shot {QUERIES}-query, random weights, "
         f"trained-like gates, median (min–max) of {args.repeats})\n"
     )
     print("| measure | " + " | ".join(args.backbones) + " | target |")
     print("|---|" + "---:|" * len(args.backbones) + "---|")
-    rows = [
-        ("ProtoNet meta-training, s / task", lambda b: spread(b, "protonet_train", 1 / TASKS_PER_UPDATE), ""),
-        ("SMAT meta-training, s / task", lambda b: spread(b, "smat_train", 1 / TASKS_PER_UPDATE), ""),
-        (
-            "SMAT / ProtoNet per task",
-            lambda b: f"{median(b, 'smat_train') / median(b, 'protonet_train'):.2f}×",
-            "≤ 2.4×",
-        ),
-        ("SMAT training peak RSS, GiB", lambda b: f"{results[b, 'smat_train'][1] / 2**30:.2f}", "≤ 3 GiB (vits)"),
-        ("ProtoNet training peak RSS, GiB", lambda b: f"{results[b, 'protonet_train'][1] / 2**30:.2f}", ""),
-        (
-            "SMAT route + merge into a backbone copy, ms",
-            lambda b: spread(b, "smat_route_merge", 1000, 1),
-            "≤ 50 ms (vits)",
-        ),
-        ("SMAT prepare_task (+ copy, 2 support passes), ms", lambda b: spread(b, "smat_prepare", 1000, 1), ""),
-        (
-            "plain ViTModel inference, images / s",
-            lambda b: f"{images / statistics.median(results[b, 'inference'][2][0]):.0f}",
-            "",
-        ),
-        (
-            "task model / plain ViTModel speed (same process)",
-            lambda b: f"{statistics.median(p / t for p, t in zip(*results[b, 'inference'][2], strict=True)):.3f}×",
-            "≥ 0.98×",
-        ),
-        ("SMAT checkpoint (8 experts), MB", lambda b: f"{results[b, 'checkpoint'][2] / 1e6:.1f}", "report"),
-    ]
     for label, cell, target in rows:
         print(f"| {label} | " + " | ".join(cell(b) for b in args.backbones) + f" | {target} |")
 
