@@ -2,14 +2,17 @@
 
 from hf_fewshot.data import EpisodeCollator, EpisodeSampler, load_domain
 from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
+from hf_fewshot.training import FewShotTrainingArguments, SAMTrainer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "EpisodeCollator",
     "EpisodeSampler",
+    "FewShotTrainingArguments",
     "ProtoNetConfig",
     "ProtoNetModel",
+    "SAMTrainer",
     "SmatConfig",
     "SmatModel",
     "load_domain",
