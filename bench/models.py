@@ -21,21 +21,10 @@ import time
 from pathlib import Path
 
 import torch
+from shapes import TINY_VIT_32PX, VIT_S_16_84PX
 from tqdm.auto import tqdm
 
-BACKBONES = {
-    "vits": dict(
-        hidden_size=384,
-        num_hidden_layers=12,
-        num_attention_heads=6,
-        intermediate_size=1536,
-        patch_size=16,
-        image_size=84,
-    ),
-    "tiny": dict(
-        hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768, patch_size=4, image_size=32
-    ),
-}
+BACKBONES = {"vits": VIT_S_16_84PX, "tiny": TINY_VIT_32PX}
 WAYS, SHOTS, QUERIES = 5, 5, 10
 TASKS_PER_UPDATE = 4
 

@@ -13,6 +13,7 @@ import tempfile
 import time
 
 import torch
+from shapes import TINY_VIT_32PX
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, ViTConfig, ViTForImageClassification
 
@@ -45,15 +46,7 @@ class RandomImages(torch.utils.data.Dataset):
 
 def step_seconds(trainer_class, rho: float, steps: int, folder: str) -> list[float]:
     torch.manual_seed(0)
-    config = ViTConfig(
-        hidden_size=192,
-        num_hidden_layers=6,
-        num_attention_heads=3,
-        intermediate_size=768,
-        image_size=32,
-        patch_size=4,
-        num_labels=10,
-    )
+    config = ViTConfig(**TINY_VIT_32PX, num_labels=10)
     args = FewShotTrainingArguments(
         output_dir=folder,
         per_device_train_batch_size=32,
