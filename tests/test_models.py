@@ -262,6 +262,9 @@ def test_save_load_round_trip_through_automodel_is_exact(smat, tmp_path):
     torch.testing.assert_close(smat(*episode()).logits, loaded(*episode()).logits, rtol=0, atol=0)
 
     protonet = ProtoNetModel.from_backbone(tiny_vit_config())
+    with torch.no_grad():  # as after meta-training: the learned scale and bias must survive loading
+        protonet.head.scale.fill_(12.5)
+        protonet.head.bias.fill_(0.3)
     protonet.save_pretrained(tmp_path / "protonet")
     assert_same_state(protonet, AutoModel.from_pretrained(tmp_path / "protonet"))
 
@@ -399,3 +402,17 @@ def test_dinov2_backbones_work_too(model_class):
     output = model(*episode(size=16))
     assert output.logits.shape == (15, 5) and torch.isfinite(output.loss)
     model.prepare_task(*episode()[:2])
+
+
+def test_more_dense_teacher_steps_move_the_teacher_further(smat):
+    smat.train()
+    with torch.no_grad():
+        smat.delta.normal_(0, 1e-2)
+    losses = {}
+    for steps in (1, 2):
+        smat.config.teacher_steps = steps
+        torch.manual_seed(5)  # the same router noise for both runs
+        output = smat(*episode())
+        output.loss.backward()
+        losses[steps] = output.distillation_loss
+    assert torch.isfinite(losses[2]) and not torch.equal(losses[1], losses[2])

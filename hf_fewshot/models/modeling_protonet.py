@@ -16,6 +16,7 @@ from .prototypes import (
     build_backbone,
     check_episode,
     class_prototypes,
+    eval_mode,
 )
 
 
@@ -59,10 +60,8 @@ class ProtoNetModel(FewShotPreTrainedModel):
     def prepare_task(self, support_pixel_values: torch.Tensor, support_labels: torch.Tensor) -> FewShotTask:
         """The support set's prototypes on this backbone, as a callable task (the backbone is shared, not copied)."""
         n_way = check_episode(support_pixel_values, support_labels)
-        was_training = self.training
-        self.eval()
-        prototypes = class_prototypes(self.embed(support_pixel_values), support_labels, n_way)
-        self.train(was_training)
+        with eval_mode(self):
+            prototypes = class_prototypes(self.embed(support_pixel_values), support_labels, n_way)
         return FewShotTask(
             self.backbone, prototypes, self.head.scale.item(), self.head.bias.item(), support_pixel_values.shape[-2:]
         )

@@ -12,6 +12,7 @@ The backbone runs functionally on the merged tensors (`torch.func.functional_cal
 import copy
 import math
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -31,6 +32,7 @@ from .prototypes import (
     check_episode,
     class_prototypes,
     cosine_logits,
+    eval_mode,
 )
 
 
@@ -64,24 +66,33 @@ class GateSettings:
     density_shift: float
     chunk_size: int = 1 << 16  # columns per chunk: M × 64k floats stay in cache
 
+    def column_chunks(self, num_elements: int) -> Iterator[slice]:
+        """The column slices the `[M, N]` bank is processed in."""
+        for start in range(0, num_elements, self.chunk_size):
+            yield slice(start, start + self.chunk_size)
+
     def noisy_chunks(self, log_alpha: torch.Tensor):
         """Yield `(column slice, log α + logit(u))` chunk by chunk; the same noise every time (seeded per call)."""
         generator = None
         if self.noise > 0:
             generator = torch.Generator(device=log_alpha.device).manual_seed(self.seed)
-        for start in range(0, log_alpha.shape[1], self.chunk_size):
-            columns = slice(start, start + self.chunk_size)
+        for columns in self.column_chunks(log_alpha.shape[1]):
             chunk = log_alpha[:, columns]
             if generator is not None:
                 u = torch.rand(chunk.shape, generator=generator, device=chunk.device, dtype=chunk.dtype)
                 u = (0.5 + self.noise * (u - 0.5)).clamp_(1e-6, 1 - 1e-6)
-                chunk = chunk + (torch.log(u) - torch.log1p(-u))
+                chunk = chunk + torch.logit(u)
             yield columns, chunk
 
     def gates(self, noisy_log_alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """`(s, z)`: s = sigmoid(x / β) and the gate z = clamp(s·(ζ − γ) + γ, 0, 1)."""
         s = torch.sigmoid(noisy_log_alpha / self.beta)
         return s, (s * (self.zeta - self.gamma) + self.gamma).clamp_(0.0, 1.0)
+
+    def slope(self, s: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
+        """∂z/∂x = (ζ − γ)/β · s(1 − s) where 0 < z < 1; 0 where the clamp saturates the gate."""
+        inside = (gates > 0) & (gates < 1)
+        return s * (1 - s) * ((self.zeta - self.gamma) / self.beta) * inside
 
 
 class _GateCode:
@@ -166,9 +177,8 @@ class _MixedExpertGates(torch.autograd.Function):
                 closed += (gates == 0).sum(dim=1)
             closed /= num_elements
         if with_density:
-            for start in range(0, num_elements, settings.chunk_size):
-                chunk = log_alpha[:, start : start + settings.chunk_size]
-                density += torch.sigmoid(chunk - settings.density_shift).sum(dim=1)
+            for columns in settings.column_chunks(num_elements):
+                density += torch.sigmoid(log_alpha[:, columns] - settings.density_shift).sum(dim=1)
             density /= num_elements
         ctx.save_for_backward(log_alpha, weights)
         ctx.settings, ctx.code = settings, code
@@ -179,27 +189,23 @@ class _MixedExpertGates(torch.autograd.Function):
     def backward(ctx, grad_mixed, grad_density, _):
         log_alpha, weights = ctx.saved_tensors
         settings, code = ctx.settings, ctx.code
-        stretch = (settings.zeta - settings.gamma) / settings.beta
         grad_log_alpha = torch.zeros_like(log_alpha)
         grad_weights = torch.zeros_like(weights)
         if grad_mixed is not None and code is not None:
             grad_weights = code.weights_grad(grad_mixed)
             index, gates = code.fractional_index, code.fractional_gates
             s = torch.sigmoid(log_alpha[:, index] / settings.beta)
-            inside = (gates > 0) & (gates < 1)  # the clamp passes no gradient where the gate saturates
-            grad_log_alpha[:, index] = weights.unsqueeze(1) * grad_mixed[index] * (s * (1 - s) * stretch) * inside
+            grad_log_alpha[:, index] = weights.unsqueeze(1) * grad_mixed[index] * settings.slope(s, gates)
         elif grad_mixed is not None:
             for columns, noisy in settings.noisy_chunks(log_alpha):
                 s, gates = settings.gates(noisy)
                 upstream = grad_mixed[columns]
                 grad_weights += gates @ upstream
-                inside = (gates > 0) & (gates < 1)
-                grad_log_alpha[:, columns] += weights.unsqueeze(1) * upstream * (s * (1 - s) * stretch) * inside
+                grad_log_alpha[:, columns] += weights.unsqueeze(1) * upstream * settings.slope(s, gates)
         # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: skip the sigmoid pass then.
         if grad_density is not None and bool(grad_density.any()):
             scale = (grad_density / log_alpha.shape[1]).unsqueeze(1)
-            for start in range(0, log_alpha.shape[1], settings.chunk_size):
-                columns = slice(start, start + settings.chunk_size)
+            for columns in settings.column_chunks(log_alpha.shape[1]):
                 sd = torch.sigmoid(log_alpha[:, columns] - settings.density_shift)
                 grad_log_alpha[:, columns] += scale * sd * (1 - sd)
         return grad_log_alpha, grad_weights, None, None, None
@@ -255,6 +261,11 @@ class SmatRouter(nn.Module):
         tokens = tokens + self.attention_output(attended)
         tokens = tokens + self.fc2(F.gelu(self.fc1(self.mlp_norm(tokens))))
         return tokens[0] @ self.expert_keys.T
+
+
+def _sgd_step(weights: dict[str, torch.Tensor], grads, lr: float) -> dict[str, torch.Tensor]:
+    """`{name: w − lr·g}`: a plain SGD step on functional weights (gradients treated as constants)."""
+    return {name: weight - lr * grad for (name, weight), grad in zip(weights.items(), grads, strict=True)}
 
 
 @torch.no_grad()
@@ -359,10 +370,14 @@ class SmatModel(FewShotPreTrainedModel):
         weights = expert_weights.to(self.gate_logits.dtype)
         return _MixedExpertGates.apply(self.gate_logits, weights, settings, self._gate_code(settings), with_density)
 
+    def _gate_logits_key(self) -> tuple[int, int]:
+        """Changes whenever log α does (in-place updates bump the tensor's version): validates cached codes."""
+        return self.gate_logits.data_ptr(), self.gate_logits._version
+
     def _gate_code(self, settings: GateSettings) -> _GateCode | None:
         if settings.noise > 0:
             return None
-        key = (self.gate_logits.data_ptr(), self.gate_logits._version)
+        key = self._gate_logits_key()
         cached = self._gate_codes.get(settings)
         if cached is None or cached[0] != key:
             cached = self._gate_codes[settings] = (key, _GateCode.build(self.gate_logits.detach(), settings))
@@ -385,10 +400,9 @@ class SmatModel(FewShotPreTrainedModel):
 
         Only after log α changed (an optimizer step): unchanged logits are not touched, so cached gate codes
         stay valid across the tasks of one update."""
-        key = (self.gate_logits.data_ptr(), self.gate_logits._version)
-        if self._clamped_key != key:
+        if self._clamped_key != self._gate_logits_key():
             self.gate_logits.clamp_(self.config.gate_logit_min, self.config.gate_logit_max)
-            self._clamped_key = (self.gate_logits.data_ptr(), self.gate_logits._version)
+            self._clamped_key = self._gate_logits_key()
 
     # ------------------------------------------------------------------------------------------ router
     @property
@@ -406,7 +420,7 @@ class SmatModel(FewShotPreTrainedModel):
         tau = self.router_tau
         if training:
             u = torch.rand_like(router_logits).clamp(1e-6, 1 - 1e-6)
-            scores = torch.sigmoid((router_logits + torch.log(u) - torch.log1p(-u)) / tau)
+            scores = torch.sigmoid((router_logits + torch.logit(u)) / tau)
         else:
             scores = torch.sigmoid(router_logits / tau)
         if self.config.router_top_k is not None:
@@ -481,9 +495,8 @@ class SmatModel(FewShotPreTrainedModel):
         prototypes = class_prototypes(support_features, support_labels, n_way)
         head = prototypes.detach().requires_grad_()
         support_loss = F.cross_entropy(cosine_logits(support_features, head, scale), support_labels)
-        names = list(task_weights)
         *weight_grads, head_grad = torch.autograd.grad(support_loss, [*task_weights.values(), head], retain_graph=True)
-        adapted = {n: task_weights[n] - config.inner_lr * g for n, g in zip(names, weight_grads, strict=True)}
+        adapted = _sgd_step(task_weights, weight_grads, config.inner_lr)
         adapted_head = (prototypes.detach() - config.inner_lr * head_grad) + (prototypes - prototypes.detach())
 
         query_features = backbone_features(self.backbone, query_pixel_values, adapted)
@@ -537,18 +550,17 @@ class SmatModel(FewShotPreTrainedModel):
         one backward into θ'_i plus one forward per step instead of a fresh forward + backward.
         """
         config = self.config
-        names = list(adapted)
         *grads, head_grad = torch.autograd.grad(query_loss, [*adapted.values(), adapted_head], retain_graph=True)
-        teacher = {n: (adapted[n] - config.teacher_lr * g).detach() for n, g in zip(names, grads, strict=True)}
-        teacher_head = (adapted_head - config.teacher_lr * head_grad).detach()
-        for _ in range(config.teacher_steps - 1):
-            teacher = {n: t.requires_grad_() for n, t in teacher.items()}
-            teacher_head.requires_grad_()
-            with torch.enable_grad():
-                features = backbone_features(self.backbone, query_pixel_values, teacher)
-                loss = F.cross_entropy(cosine_logits(features, teacher_head, config.logit_scale), query_labels)
-                *grads, head_grad = torch.autograd.grad(loss, [*teacher.values(), teacher_head])
-            teacher = {n: (teacher[n] - config.teacher_lr * g).detach() for n, g in zip(names, grads, strict=True)}
+        teacher, teacher_head = adapted, adapted_head
+        for step in range(config.teacher_steps):
+            if step > 0:  # later steps need their own forward and backward on the query set
+                teacher = {n: t.requires_grad_() for n, t in teacher.items()}
+                teacher_head.requires_grad_()
+                with torch.enable_grad():
+                    features = backbone_features(self.backbone, query_pixel_values, teacher)
+                    loss = F.cross_entropy(cosine_logits(features, teacher_head, config.logit_scale), query_labels)
+                    *grads, head_grad = torch.autograd.grad(loss, [*teacher.values(), teacher_head])
+            teacher = {n: t.detach() for n, t in _sgd_step(teacher, grads, config.teacher_lr).items()}
             teacher_head = (teacher_head - config.teacher_lr * head_grad).detach()
         with torch.no_grad():
             features = backbone_features(self.backbone, query_pixel_values, teacher)
@@ -568,13 +580,12 @@ class SmatModel(FewShotPreTrainedModel):
     def prepare_task(self, support_pixel_values: torch.Tensor, support_labels: torch.Tensor) -> FewShotTask:
         """Route once, merge the experts into a plain backbone (no autograd graph), compute prototypes."""
         n_way = check_episode(support_pixel_values, support_labels)
-        was_training = self.training
-        self.eval()
-        _, _, weights = self._route(backbone_features(self.backbone, support_pixel_values), support_labels, n_way)
-        task_backbone = copy.deepcopy(self.backbone)
-        self.merge_task_weights_into(task_backbone, weights)
-        prototypes = class_prototypes(backbone_features(task_backbone, support_pixel_values), support_labels, n_way)
-        self.train(was_training)
+        with eval_mode(self):
+            _, _, weights = self._route(backbone_features(self.backbone, support_pixel_values), support_labels, n_way)
+            task_backbone = copy.deepcopy(self.backbone)
+            self.merge_task_weights_into(task_backbone, weights)
+            features = backbone_features(task_backbone, support_pixel_values)
+        prototypes = class_prototypes(features, support_labels, n_way)
         return FewShotTask(task_backbone, prototypes, self.config.logit_scale, 0.0, support_pixel_values.shape[-2:])
 
     @torch.no_grad()

@@ -6,6 +6,8 @@ is saved with remote code, so it imports nothing from `hf_fewshot`.
 """
 
 import copy
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel, ViTForImageClassification
+from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
@@ -68,6 +71,17 @@ def check_episode(
     return n_way
 
 
+@contextmanager
+def eval_mode(module: nn.Module) -> Iterator[nn.Module]:
+    """`module` in eval mode inside the block, back in the mode it had on exit."""
+    was_training = module.training
+    module.eval()
+    try:
+        yield module
+    finally:
+        module.train(was_training)
+
+
 def class_prototypes(features: torch.Tensor, labels: torch.Tensor, n_way: int) -> torch.Tensor:
     """Mean feature of each class, `(n_way, dim)`: `p_c = mean_{i: y_i = c} f(x_i)`."""
     sums = torch.zeros(n_way, features.shape[-1], dtype=features.dtype, device=features.device)
@@ -99,9 +113,9 @@ class CosinePrototypeHead(nn.Module):
         self.bias = nn.Parameter(torch.tensor(float(bias)), requires_grad=learnable_bias)
 
     def reset_parameters(self) -> None:
-        with torch.no_grad():
-            self.scale.fill_(self.initial_scale)
-            self.bias.fill_(self.initial_bias)
+        # transformers' init functions leave values loaded from a checkpoint alone.
+        init.constant_(self.scale, self.initial_scale)
+        init.constant_(self.bias, self.initial_bias)
 
     def forward(self, features: torch.Tensor, prototypes: torch.Tensor) -> torch.Tensor:
         return cosine_logits(features, prototypes, self.scale, self.bias)
@@ -187,10 +201,8 @@ class FewShotTask:
             raise ValueError(
                 f"Images of size {tuple(pixel_values.shape[-2:])} given to a task prepared at {self.image_size}."
             )
-        was_training = self.backbone.training
-        self.backbone.eval()
-        features = backbone_features(self.backbone, pixel_values)
-        self.backbone.train(was_training)
+        with eval_mode(self.backbone):
+            features = backbone_features(self.backbone, pixel_values)
         return cosine_logits(features, self.prototypes, self.scale, self.bias)
 
     @torch.no_grad()
