@@ -1,6 +1,8 @@
 """`SAMTrainer`: a drop-in `transformers.Trainer` that trains with SAM / ASAM (SAM.md §2)."""
 
+import contextlib
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -47,7 +49,7 @@ class SAMTrainer(Trainer):
                     "is rounded away. Keep fp32 weights and use bf16/fp16 autocast instead.",
                     stacklevel=2,
                 )
-        self._sam_logs = {"sam_sharpness": 0.0, "sam_passes": 0, "sam_unperturbed": 0, "sam_dropped": 0}
+        self._sam_logs = _empty_sam_logs()
 
     def _sam_due(self) -> bool:
         return self.args.sam_rho > 0 and self.state.global_step % self.args.sam_interval == 0
@@ -94,22 +96,24 @@ class SAMTrainer(Trainer):
             )
             logs["sam_unperturbed"] = self._sam_logs["sam_unperturbed"]
             logs["sam_dropped"] = self._sam_logs["sam_dropped"]
-            self._sam_logs = {"sam_sharpness": 0.0, "sam_passes": 0, "sam_unperturbed": 0, "sam_dropped": 0}
+            self._sam_logs = _empty_sam_logs()
         super().log(logs, *args, **kwargs)
 
 
-class _frozen_batchnorm_statistics:
+def _empty_sam_logs() -> dict[str, float]:
+    """SAM's counters between two log lines."""
+    return {"sam_sharpness": 0.0, "sam_passes": 0, "sam_unperturbed": 0, "sam_dropped": 0}
+
+
+@contextlib.contextmanager
+def _frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
     """Restores the running statistics of every BatchNorm layer on exit (the second SAM pass must not move them)."""
-
-    def __init__(self, model: nn.Module):
-        self.layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-
-    def __enter__(self):
-        self.saved = [{k: v.clone() for k, v in layer.named_buffers(recurse=False)} for layer in self.layers]
-
-    def __exit__(self, *exc):
+    layers = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    saved = [{name: value.clone() for name, value in layer.named_buffers(recurse=False)} for layer in layers]
+    try:
+        yield
+    finally:
         with torch.no_grad():
-            for layer, buffers in zip(self.layers, self.saved, strict=True):
+            for layer, buffers in zip(layers, saved, strict=True):
                 for name, value in buffers.items():
                     getattr(layer, name).copy_(value)
-        return False
