@@ -1,19 +1,22 @@
 """hf-fewshot: few-shot image classification on the Hugging Face stack (SMAT, P>M>F, flat SAM backbones)."""
 
 from hf_fewshot.data import EpisodeCollator, EpisodeSampler, load_domain
+from hf_fewshot.evaluation import evaluate_episodes
 from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
-from hf_fewshot.training import FewShotTrainingArguments, SAMTrainer
+from hf_fewshot.training import EpisodicTrainer, FewShotTrainingArguments, SAMTrainer
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "EpisodeCollator",
     "EpisodeSampler",
+    "EpisodicTrainer",
     "FewShotTrainingArguments",
     "ProtoNetConfig",
     "ProtoNetModel",
     "SAMTrainer",
     "SmatConfig",
     "SmatModel",
+    "evaluate_episodes",
     "load_domain",
 ]

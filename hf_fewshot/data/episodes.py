@@ -373,7 +373,7 @@ class EpisodeCollator:
             raise KeyError(f"The collator has no dataset for domain {episode.domain!r}; it has {sorted(self.images)}.")
         rows = np.concatenate([episode.support_indices, episode.query_indices])
         records = images[rows.tolist()][self.image_column].to_pylist()
-        decoded = [_decode(record, int(row), episode.domain) for record, row in zip(records, rows, strict=True)]
+        decoded = [decode_image(record, int(row), episode.domain) for record, row in zip(records, rows, strict=True)]
         rng = np.random.default_rng((episode.seed, episode.epoch, episode.index, 1))
         pixel_values = self.transform(decoded, rng)
         n_support = len(episode.support_indices)
@@ -385,7 +385,7 @@ class EpisodeCollator:
         }
 
 
-def _decode(record: dict, row: int, domain: str | None) -> Image.Image:
+def decode_image(record: dict, row: int, domain: str | None) -> Image.Image:
     """Open one stored image (bytes or a path) as RGB, naming the row when it cannot be read."""
     try:
         source = io.BytesIO(record["bytes"]) if record.get("bytes") is not None else record["path"]

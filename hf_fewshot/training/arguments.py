@@ -1,20 +1,49 @@
-"""`FewShotTrainingArguments`: `transformers.TrainingArguments` plus the settings of SAM."""
+"""`FewShotTrainingArguments`: `transformers.TrainingArguments` plus SAM, episodes and SMAT's optimiser groups."""
 
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from hf_fewshot.data.episodes import PROTOCOLS
+
 
 @dataclass
 class FewShotTrainingArguments(TrainingArguments):
-    """TrainingArguments with sharpness-aware minimisation (SAM.md).
+    """TrainingArguments with sharpness-aware minimisation (SAM.md) and episodic training (`EpisodicTrainer`).
 
-    `sam_rho = 0` (the default) trains exactly like `transformers.Trainer`.
+    `sam_rho = 0` (the default) trains exactly like `transformers.Trainer`. The episode fields are read by
+    `EpisodicTrainer` only: one micro-batch is one episode (task), so `gradient_accumulation_steps` ×
+    processes is the number of tasks per update. The `gate_*`, `multiplier_*` and `router_*` fields are
+    the optimiser groups of SMAT (SMAT.md §6); `learning_rate` / `weight_decay` / `momentum` drive the dense
+    delta of SMAT and the whole backbone of P>M>F.
     """
 
     sam_rho: float = field(default=0.0, metadata={"help": "SAM neighbourhood radius ρ; 0 turns SAM off."})
     sam_adaptive: bool = field(default=False, metadata={"help": "ASAM: scale the perturbation by |w|."})
     sam_interval: int = field(default=1, metadata={"help": "Apply SAM every k optimizer steps (ERM otherwise)."})
+
+    episode_protocol: str = field(
+        default="md", metadata={"help": f"Episode protocol for training and validation: one of {PROTOCOLS}."}
+    )
+    n_way: int | None = field(default=None, metadata={"help": "Ways of 'fixed' episodes."})
+    n_shot: int | None = field(default=None, metadata={"help": "Shots per class of 'fixed' episodes."})
+    n_query: int | None = field(default=None, metadata={"help": "Queries per class of 'fixed' episodes."})
+    max_ways: int = field(default=50, metadata={"help": "Most classes in an 'md' / 'md_5shot' episode."})
+    max_support: int = field(default=500, metadata={"help": "Most support images in an 'md' episode."})
+    train_episodes_per_epoch: int = field(default=2000, metadata={"help": "Training tasks per epoch (all ranks)."})
+    eval_episodes: int = field(default=120, metadata={"help": "Fixed validation episodes per domain."})
+    image_size: int = field(default=128, metadata={"help": "Side of the square images fed to the backbone."})
+    crop_scale_min: float = field(
+        default=0.08, metadata={"help": "Smallest area fraction of the training random resized crop."}
+    )
+
+    momentum: float = field(default=0.9, metadata={"help": "SGD momentum of SMAT's delta and of P>M>F."})
+    gate_learning_rate: float = field(default=1e6, metadata={"help": "SMAT: SGD lr of the gate logits log α."})
+    gate_max_grad_norm: float = field(default=5.0, metadata={"help": "SMAT: gradient-norm clip of the gate logits."})
+    multiplier_learning_rate: float = field(default=0.002, metadata={"help": "SMAT: SGD lr of the multipliers λ."})
+    router_learning_rate: float = field(default=1e-4, metadata={"help": "SMAT: AdamW lr of the router."})
+    router_weight_decay: float = field(default=1e-2, metadata={"help": "SMAT: AdamW weight decay of the router."})
+    router_max_grad_norm: float = field(default=1.0, metadata={"help": "SMAT: gradient-norm clip of the router."})
 
     def __post_init__(self):
         super().__post_init__()
@@ -22,3 +51,12 @@ class FewShotTrainingArguments(TrainingArguments):
             raise ValueError(f"sam_rho must be ≥ 0, got {self.sam_rho}.")
         if self.sam_interval < 1:
             raise ValueError(f"sam_interval must be ≥ 1, got {self.sam_interval}.")
+        if self.episode_protocol not in PROTOCOLS:
+            raise ValueError(f"episode_protocol must be one of {PROTOCOLS}, got {self.episode_protocol!r}.")
+        if self.episode_protocol == "fixed" and None in (self.n_way, self.n_shot, self.n_query):
+            raise ValueError("The 'fixed' episode protocol needs n_way, n_shot and n_query.")
+        for name in ("train_episodes_per_epoch", "eval_episodes", "image_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
+        if not 0 < self.crop_scale_min <= 1:
+            raise ValueError(f"crop_scale_min must lie in (0, 1], got {self.crop_scale_min}.")

@@ -1,15 +1,26 @@
-"""`SAMTrainer`: a drop-in `transformers.Trainer` that trains with SAM / ASAM (SAM.md §2)."""
+"""`SAMTrainer`, a drop-in `transformers.Trainer` that trains with SAM / ASAM (SAM.md §2), and
+`EpisodicTrainer`, which meta-trains few-shot models on episodes with it."""
 
 import contextlib
+import time
 import warnings
-from collections.abc import Iterator
+from collections import defaultdict
+from collections.abc import Iterator, Mapping
 from typing import Any
 
+import datasets
 import torch
 from torch import nn
-from transformers import Trainer
+from torch.utils.data import DataLoader
+from transformers import PreTrainedModel, Trainer
+
+from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, MultiDomainEpisodeSampler
+from hf_fewshot.data.transforms import EvalTransform, TrainTransform
+from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults, episode_metrics, mean_and_ci95
+from hf_fewshot.models.prototypes import eval_mode
 
 from .arguments import FewShotTrainingArguments
+from .optimization import EPISODIC_OPTIMIZERS
 from .sam import perturbed_weights
 
 
@@ -50,6 +61,7 @@ class SAMTrainer(Trainer):
                     stacklevel=2,
                 )
         self._sam_logs = _empty_sam_logs()
+        self._in_perturbed_pass = False  # True during SAM's second pass (subclasses skip their bookkeeping)
 
     def _sam_due(self) -> bool:
         return self.args.sam_rho > 0 and self.state.global_step % self.args.sam_interval == 0
@@ -69,7 +81,11 @@ class SAMTrainer(Trainer):
             for parameter in parameters:
                 parameter.grad = None
             with _frozen_batchnorm_statistics(model):
-                perturbed_loss = super().training_step(model, inputs, num_items_in_batch)
+                self._in_perturbed_pass = True
+                try:
+                    perturbed_loss = super().training_step(model, inputs, num_items_in_batch)
+                finally:
+                    self._in_perturbed_pass = False
         self._record(perturbation is not None, perturbed_loss - clean_loss)
         finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in parameters)
         if not finite:
@@ -80,6 +96,29 @@ class SAMTrainer(Trainer):
             elif earlier is not None:
                 parameter.grad.add_(earlier)
         return clean_loss
+
+    def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
+        if not self._load_weights_like_from_pretrained(resume_from_checkpoint, model or self.model):
+            super()._load_from_checkpoint(resume_from_checkpoint, model)
+
+    def _load_best_model(self) -> None:
+        if not self._load_weights_like_from_pretrained(self.state.best_model_checkpoint, self.model):
+            super()._load_best_model()
+
+    def _load_weights_like_from_pretrained(self, checkpoint: str, model: nn.Module) -> bool:
+        """Reload a checkpoint's weights through `from_pretrained`, strictly.
+
+        transformers 5's Trainer reloads its checkpoints (resume, best model) with a raw
+        `load_state_dict(strict=False)`; ViT-family weights are stored under their legacy names and only renamed
+        by `from_pretrained`, so every backbone tensor would be skipped with a mere warning. Returns False where
+        the stock path must run (not a `PreTrainedModel`, DeepSpeed or FSDP).
+        """
+        model = self.accelerator.unwrap_model(model)
+        if not isinstance(model, PreTrainedModel) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            return False
+        loaded = type(model).from_pretrained(checkpoint, config=model.config)
+        model.load_state_dict(loaded.state_dict(), strict=True)
+        return True
 
     def _record(self, perturbed: bool, sharpness: torch.Tensor) -> None:
         self._sam_logs["sam_passes"] += 1
@@ -117,3 +156,218 @@ def _frozen_batchnorm_statistics(model: nn.Module) -> Iterator[None]:
             for layer, buffers in zip(layers, saved, strict=True):
                 for name, value in buffers.items():
                     getattr(layer, name).copy_(value)
+
+
+DomainSplits = datasets.Dataset | Mapping[str, datasets.Dataset]
+
+
+class EpisodicTrainer(SAMTrainer):
+    """Meta-trains a few-shot model (`SmatModel`, `ProtoNetModel`, or any model with the episodic forward) on
+    episodes, with SAM when `sam_rho > 0`.
+
+    `train_dataset` / `eval_dataset` are one split or a mapping domain → split (the schema of DATA.md §1).
+    - Training: one micro-batch is one episode of the `episode_protocol`, the domain drawn uniformly per
+      episode; `train_episodes_per_epoch` episodes per epoch, dealt whole to the ranks; a new stream each
+      epoch. `gradient_accumulation_steps` × processes tasks make one update.
+    - Optimisers: SMAT's four groups and P>M>F's SGD (`training.optimization`) for those two models, the
+      Trainer's default otherwise (or pass `optimizers=`). `max_grad_norm` clips the whole model as in
+      Trainer; SMAT's gate and router groups are clipped on their own after it (set it to 0 for the paper).
+    - Logs: besides the loss, the mean of every scalar term the model outputs (SMAT: classification,
+      distillation, sparsity, multiplier losses, router penalty, τ_r), each expert's measured sparsity and
+      the training query accuracy (rank 0's tasks).
+    - Evaluation: `eval_episodes` fixed episodes per domain (the same at every evaluation), the eval
+      transform and eval-mode forward; metrics `eval_{domain}_accuracy` / `_ci95` (mean ± 95% CI, %),
+      `eval_accuracy` (mean over domains, for `metric_for_best_model="accuracy"`) and `eval_loss`.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        args: FewShotTrainingArguments,
+        train_dataset: DomainSplits | None = None,
+        eval_dataset: DomainSplits | None = None,
+        **kwargs,
+    ):
+        if not isinstance(args, FewShotTrainingArguments):
+            raise TypeError(f"EpisodicTrainer needs FewShotTrainingArguments, got {type(args).__name__}.")
+        super().__init__(
+            model=model,
+            args=args,
+            train_dataset=_domain_splits(train_dataset, "train_dataset"),
+            eval_dataset=_domain_splits(eval_dataset, "eval_dataset"),
+            **kwargs,
+        )
+        self._term_sums: dict[str, float] = defaultdict(float)
+        self._term_counts: dict[str, int] = defaultdict(int)
+        self._eval_loaders: dict[str, DataLoader] = {}
+
+    # ----------------------------------------------------------------------------------------- data
+    def _sampler(self, dataset: datasets.Dataset, domain: str, num_episodes: int | None) -> EpisodeSampler:
+        args = self.args
+        return EpisodeSampler.from_dataset(
+            dataset,
+            protocol=args.episode_protocol,
+            n_way=args.n_way,
+            n_shot=args.n_shot,
+            n_query=args.n_query,
+            max_ways=args.max_ways,
+            max_support=args.max_support,
+            seed=args.seed,
+            num_episodes=num_episodes,
+            domain=domain,
+        )
+
+    def _episode_loader(self, episodes, collator: EpisodeCollator) -> DataLoader:
+        """Whole episodes dealt to ranks: batches of one episode through `accelerator.prepare`."""
+        loader = DataLoader(
+            episodes,
+            batch_size=1,
+            shuffle=False,
+            collate_fn=_SingleEpisode(collator),
+            num_workers=self.args.dataloader_num_workers,
+            persistent_workers=self.args.dataloader_num_workers > 0 and self.args.dataloader_persistent_workers,
+        )
+        return self.accelerator.prepare(loader)
+
+    def get_train_dataloader(self) -> DataLoader:
+        if self.train_dataset is None:
+            raise ValueError("EpisodicTrainer: training needs a train_dataset (one split or domain → split).")
+        args = self.args
+        samplers = {domain: self._sampler(split, domain, None) for domain, split in self.train_dataset.items()}
+        episodes = MultiDomainEpisodeSampler(samplers, seed=args.seed, num_episodes=args.train_episodes_per_epoch)
+        transform = TrainTransform(args.image_size, scale=(args.crop_scale_min, 1.0))
+        return self._episode_loader(episodes, EpisodeCollator(self.train_dataset, transform))
+
+    def get_eval_dataloader(self, eval_dataset: str | None = None) -> DataLoader:
+        """The fixed validation episodes of one domain (`eval_dataset` names it)."""
+        if self.eval_dataset is None:
+            raise ValueError("EpisodicTrainer: evaluation needs an eval_dataset (one split or domain → split).")
+        if eval_dataset not in self.eval_dataset:
+            raise KeyError(f"No validation split for domain {eval_dataset!r}; have {sorted(self.eval_dataset)}.")
+        if eval_dataset not in self._eval_loaders:
+            split = self.eval_dataset[eval_dataset]
+            collator = EpisodeCollator({eval_dataset: split}, EvalTransform(self.args.image_size))
+            episodes = _FixedEpisodes(self._sampler(split, eval_dataset, self.args.eval_episodes))
+            self._eval_loaders[eval_dataset] = self._episode_loader(episodes, collator)
+        return self._eval_loaders[eval_dataset]
+
+    # -------------------------------------------------------------------------------------- training
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        model = self.model if model is None else model
+        build = EPISODIC_OPTIMIZERS.get(getattr(model.config, "model_type", None))
+        if self.optimizer is None and build is not None:
+            self.optimizer = build(model, self.args)
+            return self.optimizer
+        return super().create_optimizer(model)
+
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        outputs = model(**inputs)
+        if outputs.loss is None:
+            raise ValueError("The model returned no loss: the episode must carry query_labels.")
+        if not self._in_perturbed_pass:
+            self._record_terms(outputs, inputs["query_labels"])
+        return (outputs.loss, outputs) if return_outputs else outputs.loss
+
+    def _record_terms(self, outputs: Mapping[str, Any], query_labels: torch.Tensor) -> None:
+        """Accumulate the model's scalar loss terms, per-expert sparsity and query accuracy until the next log."""
+        terms = {"train_accuracy": 100.0 * (outputs.logits.argmax(-1) == query_labels).float().mean().item()}
+        for name, value in outputs.items():
+            if name in ("loss", "logits", "expert_weights"):
+                continue
+            if isinstance(value, torch.Tensor) and value.dim() == 1:
+                terms.update({f"expert_{m}_{name.removeprefix('expert_')}": float(v) for m, v in enumerate(value)})
+            elif isinstance(value, (torch.Tensor, float, int)):
+                terms[name] = float(value)
+        for name, value in terms.items():
+            self._term_sums[name] += value
+            self._term_counts[name] += 1
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        if "loss" in logs and self._term_counts:
+            logs.update({name: self._term_sums[name] / count for name, count in self._term_counts.items()})
+            self._term_sums.clear()
+            self._term_counts.clear()
+        super().log(logs, *args, **kwargs)
+
+    # ------------------------------------------------------------------------------------ evaluation
+    def evaluate(
+        self,
+        eval_dataset: DomainSplits | None = None,
+        ignore_keys: list[str] | None = None,
+        metric_key_prefix: str = "eval",
+    ) -> dict[str, float]:
+        """Mean query accuracy ± 95% CI over the fixed validation episodes of every domain (all ranks share them)."""
+        if eval_dataset is not None:
+            self.eval_dataset, self._eval_loaders = _domain_splits(eval_dataset, "eval_dataset"), {}
+        if self.eval_dataset is None:
+            raise ValueError("EpisodicTrainer: evaluation needs an eval_dataset (one split or domain → split).")
+        start = time.time()
+        results, losses = self.validation_results()
+        metrics = {
+            f"{metric_key_prefix}_{name}": value
+            for name, value in results.to_dict().items()
+            if name not in ("id_accuracy", "ood_accuracy")
+        }
+        metrics[f"{metric_key_prefix}_accuracy"] = sum(d.mean for d in results.domains) / len(results.domains)
+        metrics[f"{metric_key_prefix}_loss"] = sum(losses) / len(losses)
+        metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
+
+    @torch.no_grad()
+    def validation_results(self) -> tuple[EvaluationResults, list[float]]:
+        """Per-domain accuracy of the fixed validation episodes (every domain counts as in-domain) and their losses."""
+        domains, losses = [], []
+        with eval_mode(self.model):
+            for domain in self.eval_dataset:
+                values = []
+                for episode in self.get_eval_dataloader(domain):
+                    metrics = torch.tensor(episode_metrics(self.model, episode), device=self.args.device)
+                    values.append(self.accelerator.gather_for_metrics(metrics.unsqueeze(0)).cpu())
+                    self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
+                gathered = torch.cat(values)
+                mean, ci95 = mean_and_ci95(gathered[:, 0].tolist())
+                domains.append(DomainAccuracy(domain, mean, ci95, len(gathered), in_domain=True))
+                losses.extend(gathered[:, 1].tolist())
+        return EvaluationResults(tuple(domains)), losses
+
+
+class _FixedEpisodes(torch.utils.data.Dataset):
+    """The episodes of epoch 0, whatever the loader's epoch: accelerate calls `set_epoch` on every pass over a
+    prepared loader, which would give each validation a new set of episodes."""
+
+    def __init__(self, sampler: EpisodeSampler):
+        self.sampler = sampler
+
+    def __len__(self) -> int:
+        return len(self.sampler)
+
+    def __getitem__(self, index: int):
+        return self.sampler[index]
+
+
+class _SingleEpisode:
+    """`collate_fn` for batches of one episode (picklable for DataLoader workers)."""
+
+    def __init__(self, collator: EpisodeCollator):
+        self.collator = collator
+
+    def __call__(self, batch: list) -> dict[str, torch.Tensor]:
+        (episode,) = batch
+        return self.collator(episode)
+
+
+def _domain_splits(splits: DomainSplits | None, name: str) -> dict[str, datasets.Dataset] | None:
+    """A mapping domain → split; a single split is named by its `domain` column (or "default")."""
+    if splits is None:
+        return None
+    if isinstance(splits, datasets.Dataset):
+        domain = splits.with_format("arrow")[:1]["domain"][0].as_py() if "domain" in splits.column_names else None
+        return {domain or "default": splits}
+    if not isinstance(splits, Mapping) or not splits:
+        raise TypeError(f"{name} must be a datasets.Dataset or a non-empty mapping domain → Dataset.")
+    for domain, split in splits.items():
+        if not isinstance(split, datasets.Dataset):
+            raise TypeError(f"{name}[{domain!r}] must be a datasets.Dataset, got {type(split).__name__}.")
+    return dict(splits)

@@ -1,0 +1,163 @@
+"""Episodic evaluation (PMF_AND_EVAL.md §3): accuracy per domain over fixed episodes, mean ± 95% CI.
+
+The episodes of a domain are a pure function of the seed, so two models evaluated with the same seed
+see the same tasks, and the same tasks come out on every machine. Accuracies are percentages.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, episode_loader
+from hf_fewshot.data.transforms import EvalTransform
+from hf_fewshot.models.prototypes import eval_mode
+
+
+@dataclass(frozen=True)
+class DomainAccuracy:
+    """Mean query accuracy (%) of one domain over `num_episodes` episodes, with the 95% confidence interval."""
+
+    domain: str
+    mean: float
+    ci95: float
+    num_episodes: int
+    in_domain: bool
+
+    def __str__(self) -> str:
+        return f"{self.mean:.2f} ± {self.ci95:.2f}"
+
+
+def mean_and_ci95(accuracies: Iterable[float]) -> tuple[float, float]:
+    """Mean and 95% confidence half-width `1.96 · std / √N` (population std, as Meta-Dataset reports)."""
+    values = np.asarray(list(accuracies), dtype=np.float64)
+    if values.size == 0:
+        raise ValueError("No accuracies to average.")
+    return float(values.mean()), float(1.96 * values.std() / math.sqrt(values.size))
+
+
+@dataclass(frozen=True)
+class EvaluationResults:
+    """Per-domain accuracies of one model, with the in-domain (ID) and out-of-domain (OOD) averages."""
+
+    domains: tuple[DomainAccuracy, ...]
+
+    def _average(self, in_domain: bool) -> float | None:
+        means = [d.mean for d in self.domains if d.in_domain == in_domain]
+        return float(np.mean(means)) if means else None
+
+    @property
+    def id_average(self) -> float | None:
+        return self._average(True)
+
+    @property
+    def ood_average(self) -> float | None:
+        return self._average(False)
+
+    def __getitem__(self, domain: str) -> DomainAccuracy:
+        for result in self.domains:
+            if result.domain == domain:
+                return result
+        raise KeyError(f"No result for domain {domain!r}; evaluated: {[d.domain for d in self.domains]}.")
+
+    def to_dict(self) -> dict[str, float]:
+        """Flat metrics: `{domain}_accuracy`, `{domain}_ci95`, `id_accuracy`, `ood_accuracy`."""
+        metrics = {}
+        for result in self.domains:
+            metrics[f"{result.domain}_accuracy"] = result.mean
+            metrics[f"{result.domain}_ci95"] = result.ci95
+        for name, value in (("id_accuracy", self.id_average), ("ood_accuracy", self.ood_average)):
+            if value is not None:
+                metrics[name] = value
+        return metrics
+
+    def to_markdown(self) -> str:
+        return results_table({"accuracy": self})
+
+
+def results_table(results_by_model: Mapping[str, EvaluationResults]) -> str:
+    """A Markdown table: one row per domain (ID first), one column per model, then the ID / OOD averages."""
+    models = list(results_by_model)
+    first = next(iter(results_by_model.values()))
+    ordered = sorted(first.domains, key=lambda d: not d.in_domain)
+    lines = [
+        "| domain | split | " + " | ".join(models) + " |",
+        "|---|---|" + "---|" * len(models),
+    ]
+    for domain in ordered:
+        cells = [str(results_by_model[m][domain.domain]) for m in models]
+        lines.append(f"| {domain.domain} | {'ID' if domain.in_domain else 'OOD'} | " + " | ".join(cells) + " |")
+    for label, attribute in (("ID average", "id_average"), ("OOD average", "ood_average")):
+        values = [getattr(results_by_model[m], attribute) for m in models]
+        if all(v is not None for v in values):
+            lines.append(f"| **{label}** | | " + " | ".join(f"**{v:.2f}**" for v in values) + " |")
+    return "\n".join(lines)
+
+
+@torch.no_grad()
+def episode_metrics(model: torch.nn.Module, episode: Mapping[str, torch.Tensor]) -> tuple[float, float]:
+    """Query accuracy (%) and cross-entropy of the model's episodic forward on one collated episode."""
+    device = next(model.parameters()).device
+    inputs = {name: tensor.to(device) for name, tensor in episode.items()}
+    logits = model(inputs["support_pixel_values"], inputs["support_labels"], inputs["query_pixel_values"]).logits
+    labels = inputs["query_labels"]
+    accuracy = 100.0 * (logits.argmax(-1) == labels).float().mean().item()
+    return accuracy, F.cross_entropy(logits, labels).item()
+
+
+def evaluate_episodes(
+    model: torch.nn.Module,
+    domains: Mapping[str, datasets.Dataset],
+    num_episodes: int = 600,
+    *,
+    in_domain: Iterable[str] = (),
+    protocol: str = "md",
+    image_size: int = 128,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+    **sampler_kwargs,
+) -> EvaluationResults:
+    """Mean query accuracy ± 95% CI of `model` on `num_episodes` fixed episodes of each domain's split.
+
+    `domains` maps a domain name to its evaluation split (`load_domain(..., split="test")`); `in_domain` names
+    the domains the model was meta-trained on (their average is the ID column, the rest OOD). Episodes are
+    drawn with `EpisodeSampler(protocol, seed)` (`sampler_kwargs` go to it) and the eval transform at
+    `image_size`; the model runs in eval mode (no inner step, deterministic routing).
+    """
+    in_domain = set(in_domain)
+    unknown = in_domain - set(domains)
+    if unknown:
+        raise ValueError(f"in_domain names domains that are not evaluated: {sorted(unknown)}.")
+    transform = EvalTransform(image_size)
+    results = []
+    with eval_mode(model):
+        for name, dataset in domains.items():
+            sampler = EpisodeSampler.from_dataset(
+                dataset, protocol=protocol, seed=seed, num_episodes=num_episodes, **sampler_kwargs
+            )
+            loader = episode_loader(sampler, EpisodeCollator(dataset, transform), num_workers=num_workers)
+            accuracies = [
+                episode_metrics(model, episode)[0]
+                for episode in tqdm(loader, desc=f"evaluating {name}", disable=not progress, leave=False)
+            ]
+            mean, ci95 = mean_and_ci95(accuracies)
+            results.append(DomainAccuracy(name, mean, ci95, num_episodes, name in in_domain))
+    return EvaluationResults(tuple(results))
+
+
+__all__ = [
+    "DomainAccuracy",
+    "EvaluationResults",
+    "episode_metrics",
+    "evaluate_episodes",
+    "mean_and_ci95",
+    "results_table",
+]

@@ -1,0 +1,91 @@
+"""The papers' optimisers for episodic meta-tuning: SMAT's four groups (SMAT.md §6) and P>M>F's SGD.
+
+SMAT trains its dense delta and gates with SGD but its router with AdamW, and clips two groups on their
+own. `ChainedOptimizer` steps several torch optimizers as one, so the Trainer still sees a single
+optimizer: one learning-rate schedule (a factor on every group's lr), one state dict for checkpoints.
+"""
+
+from __future__ import annotations
+
+from collections import ChainMap
+from collections.abc import Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+from .arguments import FewShotTrainingArguments
+
+
+class ChainedOptimizer(torch.optim.Optimizer):
+    """Several optimizers stepped together. A param group with a `max_grad_norm` entry has its gradient
+    norm clipped to it (that group alone) before the step."""
+
+    def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
+        self.optimizers = list(optimizers)
+        # The groups are the children's own dicts, so a scheduler changing `lr` here changes it there.
+        super().__init__([group for optimizer in self.optimizers for group in optimizer.param_groups], {})
+        self.state = ChainMap(*(optimizer.state for optimizer in self.optimizers))
+
+    @torch.no_grad()
+    def step(self, closure=None) -> None:
+        if closure is not None:
+            raise ValueError("ChainedOptimizer takes no closure.")
+        for group in self.param_groups:
+            if group.get("max_grad_norm"):
+                torch.nn.utils.clip_grad_norm_(group["params"], group["max_grad_norm"])
+        for optimizer in self.optimizers:
+            optimizer.step()
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        saved = state_dict.get("optimizers")
+        if saved is None or len(saved) != len(self.optimizers):
+            raise ValueError(
+                f"This optimizer state holds {len(saved) if saved else 0} optimizers, expected "
+                f"{len(self.optimizers)}: it was saved by another model or optimiser setup."
+            )
+        for optimizer, state in zip(self.optimizers, saved, strict=True):
+            optimizer.load_state_dict(state)
+        # load_state_dict gives the children new group dicts: point at them again.
+        self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
+        self.state = ChainMap(*(optimizer.state for optimizer in self.optimizers))
+
+
+def smat_optimizer(model: nn.Module, args: FewShotTrainingArguments) -> ChainedOptimizer:
+    """SMAT.md §6: θ_δ SGD (momentum, weight decay); log α SGD at its own lr, clipped alone; λ plain SGD;
+    router (with keys and skill tokens) AdamW, clipped alone."""
+    router = [p for p in model.router.parameters() if p.requires_grad]
+    sgd = torch.optim.SGD(
+        [
+            {"params": [model.delta], "momentum": args.momentum, "weight_decay": args.weight_decay},
+            {"params": [model.gate_logits], "lr": args.gate_learning_rate, "max_grad_norm": args.gate_max_grad_norm},
+            {"params": [model.sparsity_multipliers], "lr": args.multiplier_learning_rate},
+        ],
+        lr=args.learning_rate,
+        momentum=0.0,
+        weight_decay=0.0,
+    )
+    adamw = torch.optim.AdamW(
+        [{"params": router, "max_grad_norm": args.router_max_grad_norm}],
+        lr=args.router_learning_rate,
+        weight_decay=args.router_weight_decay,
+        betas=(args.adam_beta1, args.adam_beta2),
+        eps=args.adam_epsilon,
+    )
+    return ChainedOptimizer([sgd, adamw])
+
+
+def protonet_optimizer(model: nn.Module, args: FewShotTrainingArguments) -> torch.optim.SGD:
+    """P>M>F (PMF_AND_EVAL.md §1): SGD with momentum over the whole backbone and the head's scale and bias."""
+    return torch.optim.SGD(
+        [p for p in model.parameters() if p.requires_grad],
+        lr=args.learning_rate,
+        momentum=args.momentum,
+        weight_decay=args.weight_decay,
+    )
+
+
+EPISODIC_OPTIMIZERS = {"fewshot_smat": smat_optimizer, "fewshot_protonet": protonet_optimizer}

@@ -1,0 +1,262 @@
+"""EpisodicTrainer: SMAT's optimiser groups, validation with CIs, learning on MiniMeta, best checkpoint, resume."""
+
+import math
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from transformers import ViTConfig
+
+from hf_fewshot import EpisodicTrainer, FewShotTrainingArguments, ProtoNetModel, SmatModel, load_domain
+from hf_fewshot.data.metadataset import column_as_numpy
+from hf_fewshot.evaluation import evaluate_episodes, mean_and_ci95
+from hf_fewshot.training import ChainedOptimizer, smat_optimizer
+from hf_fewshot.training.checkpoints import last_complete_checkpoint
+
+# A random ViT initialised with the usual std 0.02 has a CLS feature that barely depends on the image (the
+# residual stream is the CLS embedding), so a cosine head sees one point and nothing learns; std 0.2 gives the
+# tiny random backbone image-dependent features to meta-train, as a pre-trained one has.
+TINY_VIT = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=16,
+    patch_size=4,
+    initializer_range=0.2,
+)
+
+
+def tiny_smat(**kwargs) -> SmatModel:
+    torch.manual_seed(0)
+    return SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2, sparsity_target=0.5, **kwargs)
+
+
+def first_classes(split, count: int):
+    """The rows of the split's first `count` classes (a small pool a tiny model can learn in seconds)."""
+    labels = column_as_numpy(split, "label")
+    return split.select(np.flatnonzero(np.isin(labels, np.unique(labels)[:count])))
+
+
+@pytest.fixture(scope="module")
+def glyphs():
+    return {split: first_classes(load_domain("minimeta", "glyphs", split), 10) for split in ("train", "validation")}
+
+
+def training_arguments(output_dir, **kwargs) -> FewShotTrainingArguments:
+    defaults = dict(
+        output_dir=str(output_dir),
+        max_steps=4,
+        learning_rate=0.5,
+        router_learning_rate=1e-2,
+        max_grad_norm=0.0,
+        lr_scheduler_type="constant",
+        episode_protocol="fixed",
+        n_way=5,
+        n_shot=3,
+        n_query=3,
+        image_size=16,
+        crop_scale_min=0.8,
+        train_episodes_per_epoch=64,
+        eval_episodes=8,
+        save_strategy="no",
+        logging_steps=1,
+        use_cpu=True,
+        report_to="none",
+        disable_tqdm=True,
+        seed=0,
+    )
+    return FewShotTrainingArguments(**{**defaults, **kwargs})
+
+
+# ------------------------------------------------------------------------------------------- optimiser
+def test_smat_optimizer_has_the_papers_groups_and_one_schedule(tmp_path):
+    model = tiny_smat()
+    args = training_arguments(tmp_path, learning_rate=1e-4, weight_decay=1e-4, router_learning_rate=1e-4)
+    optimizer = smat_optimizer(model, args)
+    grouped = [p for group in optimizer.param_groups for p in group["params"]]
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    assert len(grouped) == len(trainable) and {id(p) for p in grouped} == {id(p) for p in trainable}
+    delta, gates, multipliers, router = optimizer.param_groups
+    assert (delta["lr"], delta["momentum"], delta["weight_decay"]) == (1e-4, 0.9, 1e-4)
+    assert (gates["lr"], gates["momentum"], gates["max_grad_norm"]) == (1e6, 0.0, 5.0)
+    assert (multipliers["lr"], multipliers["momentum"]) == (0.002, 0.0)
+    assert isinstance(optimizer.optimizers[1], torch.optim.AdamW)
+    assert (router["lr"], router["weight_decay"], router["max_grad_norm"]) == (1e-4, 1e-2, 1.0)
+    # A schedule scales every group by the same factor.
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 0.5)
+    del scheduler
+    assert [g["lr"] for g in optimizer.param_groups] == [0.5e-4, 0.5e6, 0.001, 0.5e-4]
+
+
+def test_chained_optimizer_clips_its_groups_alone_and_resumes_exactly():
+    torch.manual_seed(0)
+    clipped, free = torch.nn.Parameter(torch.zeros(4)), torch.nn.Parameter(torch.zeros(4))
+    make = lambda: ChainedOptimizer(  # noqa: E731
+        [
+            torch.optim.SGD([{"params": [clipped], "max_grad_norm": 1.0}], lr=1.0),
+            torch.optim.AdamW([free], lr=0.1),
+        ]
+    )
+    optimizer = make()
+    clipped.grad, free.grad = torch.full((4,), 10.0), torch.full((4,), 10.0)
+    optimizer.step()
+    assert torch.allclose(clipped, torch.full((4,), -0.5)), "the clipped group's gradient norm was 1"
+    assert torch.allclose(free, torch.full((4,), -0.1), atol=1e-6), "the other group kept its full gradient"
+
+    restored = make()
+    restored.load_state_dict(optimizer.state_dict())
+    state_before = {k: v.clone() for k, v in restored.optimizers[1].state[free].items()}
+    assert torch.equal(state_before["exp_avg"], optimizer.optimizers[1].state[free]["exp_avg"])
+    with pytest.raises(ValueError, match="optimizers"):
+        ChainedOptimizer([torch.optim.SGD([clipped], lr=1.0)]).load_state_dict(optimizer.state_dict())
+
+
+# ------------------------------------------------------------------------------------------ validation
+def test_ci95_formula():
+    mean, ci95 = mean_and_ci95([50.0, 100.0, 75.0, 75.0])
+    assert mean == 75.0
+    assert math.isclose(ci95, 1.96 * np.std([50.0, 100.0, 75.0, 75.0]) / 2)
+    with pytest.raises(ValueError, match="No accuracies"):
+        mean_and_ci95([])
+
+
+def test_validation_reports_every_domain_on_fixed_episodes(tmp_path, glyphs):
+    emoji = load_domain("minimeta", "emoji", "validation")
+    trainer = EpisodicTrainer(
+        tiny_smat(),
+        training_arguments(tmp_path, episode_protocol="md", max_ways=5),
+        eval_dataset={"glyphs": glyphs["validation"], "emoji": emoji},
+    )
+    first, second = trainer.evaluate(), trainer.evaluate()
+    for domain in ("glyphs", "emoji"):
+        assert 0 <= first[f"eval_{domain}_accuracy"] <= 100 and first[f"eval_{domain}_ci95"] > 0
+        assert first[f"eval_{domain}_accuracy"] == second[f"eval_{domain}_accuracy"], "the same episodes each time"
+    assert first["eval_accuracy"] == pytest.approx((first["eval_glyphs_accuracy"] + first["eval_emoji_accuracy"]) / 2)
+    results, losses = trainer.validation_results()
+    assert [d.num_episodes for d in results.domains] == [8, 8] and len(losses) == 16
+
+
+def test_episodic_trainer_rejects_bad_inputs(tmp_path, glyphs):
+    with pytest.raises(TypeError, match="FewShotTrainingArguments"):
+        from transformers import TrainingArguments
+
+        EpisodicTrainer(tiny_smat(), TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
+    with pytest.raises(TypeError, match="datasets.Dataset"):
+        EpisodicTrainer(tiny_smat(), training_arguments(tmp_path), train_dataset={"glyphs": [1, 2, 3]})
+    trainer = EpisodicTrainer(
+        tiny_smat(), training_arguments(tmp_path, n_shot=20), train_dataset={"glyphs": glyphs["train"]}
+    )
+    with pytest.raises(ValueError, match="fewer than 23 images"):
+        trainer.train()
+    with pytest.raises(ValueError, match="fixed"):
+        training_arguments(tmp_path, n_way=None)
+
+
+# ------------------------------------------------------------------------------------------- training
+def test_tiny_smat_improves_query_accuracy_on_minimeta_training_episodes(tmp_path, glyphs):
+    model = tiny_smat()
+    args = training_arguments(tmp_path, max_steps=200, learning_rate=0.05, logging_steps=50)
+    settings = dict(protocol="fixed", n_way=5, n_shot=3, n_query=3, image_size=16, progress=False)
+    before = evaluate_episodes(model, {"glyphs": glyphs["train"]}, 40, **settings)["glyphs"].mean
+    trainer = EpisodicTrainer(model, args, train_dataset={"glyphs": glyphs["train"]})
+    trainer.train()
+    after = evaluate_episodes(model, {"glyphs": glyphs["train"]}, 40, **settings)["glyphs"].mean
+    assert after > before + 10, f"query accuracy {before:.1f}% → {after:.1f}%"
+    logged = [entry for entry in trainer.state.log_history if "classification_loss" in entry]
+    for name in ("distillation_loss", "sparsity_loss", "multiplier_loss", "router_penalty", "train_accuracy"):
+        assert all(math.isfinite(entry[name]) for entry in logged), name
+    assert {"expert_0_sparsity", "expert_1_sparsity"} <= set(logged[-1])
+    assert int(model.router_tasks_seen) == 200
+
+
+def test_best_checkpoint_is_loaded_at_the_end_backbone_included(tmp_path, glyphs):
+    # P>M>F trains its backbone, whose tensors are stored under legacy ViT names: the Trainer's own reload
+    # would skip them (see SAMTrainer._load_weights_like_from_pretrained).
+    torch.manual_seed(0)
+    model = ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+    args = training_arguments(
+        tmp_path,
+        max_steps=6,
+        eval_strategy="steps",
+        eval_steps=2,
+        save_strategy="steps",
+        save_steps=2,
+        load_best_model_at_end=True,
+        metric_for_best_model="accuracy",
+        learning_rate=3.0,  # big steps, so the validation accuracy drops after its best
+    )
+    trainer = EpisodicTrainer(
+        model, args, train_dataset={"glyphs": glyphs["train"]}, eval_dataset={"glyphs": glyphs["validation"]}
+    )
+    trainer.train()
+    evaluations = [entry["eval_accuracy"] for entry in trainer.state.log_history if "eval_accuracy" in entry]
+    assert max(evaluations) > evaluations[-1], "precondition: the best checkpoint is not the last one"
+    assert trainer.state.best_metric == max(evaluations)
+    assert trainer.evaluate()["eval_accuracy"] == max(evaluations), "the model holds the best checkpoint's weights"
+    best = ProtoNetModel.from_pretrained(trainer.state.best_model_checkpoint)
+    for (name, expected), actual in zip(best.state_dict().items(), model.state_dict().values(), strict=True):
+        assert torch.equal(expected, actual), name
+
+
+KILLED_RUN = """
+import os, signal, sys
+import torch
+torch.set_num_threads(1)
+from transformers import TrainerCallback
+sys.path.insert(0, {tests!r})
+from test_episodic_trainer import first_classes, training_arguments
+from hf_fewshot import EpisodicTrainer, SmatModel, load_domain
+
+class KillAfterThirdStep(TrainerCallback):
+    def on_step_end(self, args, state, control, **kwargs):
+        if state.global_step == 3:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+train = first_classes(load_domain("minimeta", "glyphs", "train"), 10)
+args = training_arguments({output!r}, max_steps=5, save_strategy="steps", save_steps=2, gradient_accumulation_steps=2)
+model = SmatModel.from_pretrained({initial!r})
+EpisodicTrainer(model, args, train_dataset={{"glyphs": train}}, callbacks=[KillAfterThirdStep()]).train()
+"""
+
+
+def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, glyphs):
+    initial = tiny_smat(gate_noise=1.0)  # real noise: the resumed run must also restore the RNG
+    initial.save_pretrained(tmp_path / "initial")
+    arguments = dict(max_steps=5, save_strategy="steps", save_steps=2, gradient_accumulation_steps=2)
+
+    uninterrupted = SmatModel.from_pretrained(tmp_path / "initial")
+    args = training_arguments(tmp_path / "uninterrupted", **arguments)
+    EpisodicTrainer(uninterrupted, args, train_dataset={"glyphs": glyphs["train"]}).train()
+
+    script = KILLED_RUN.format(
+        tests=str(Path(__file__).parent), output=str(tmp_path / "killed"), initial=str(tmp_path / "initial")
+    )
+    killed = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    checkpoint = last_complete_checkpoint(tmp_path / "killed")
+    assert checkpoint is not None and checkpoint.endswith("checkpoint-2")
+
+    resumed = SmatModel.from_pretrained(tmp_path / "initial")
+    args = training_arguments(tmp_path / "killed", **arguments)
+    EpisodicTrainer(resumed, args, train_dataset={"glyphs": glyphs["train"]}).train(resume_from_checkpoint=checkpoint)
+    for (name, expected), actual in zip(
+        uninterrupted.state_dict().items(), resumed.state_dict().values(), strict=True
+    ):
+        assert torch.equal(expected, actual), name
+
+
+def test_protonet_meta_training_uses_sgd_over_backbone_and_head(tmp_path, glyphs):
+    torch.manual_seed(0)
+    model = ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+    before = {name: p.detach().clone() for name, p in model.named_parameters()}
+    trainer = EpisodicTrainer(model, training_arguments(tmp_path, learning_rate=0.05), train_dataset=glyphs["train"])
+    trainer.train()
+    assert isinstance(trainer.optimizer.optimizer, torch.optim.SGD)
+    assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
+    moved = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
+    assert "head.scale" in moved and any(name.startswith("backbone.") for name in moved)
