@@ -1,10 +1,14 @@
-"""Benchmark SAM's overhead: SAMTrainer step time / Trainer step time, same model, batch and process.
+"""Benchmark training: SAM's overhead, and SMAT vs P>M>F time per meta-training task in `EpisodicTrainer`.
 
-    python bench/training.py [--repeats 5] [--steps 6] [--threads 2]
+    python bench/training.py [--repeats 5] [--steps 6] [--threads 2] [--backbones tiny vits]
 
-A tiny ViT image classifier (192 wide, 6 layers, patch 4, 32 px, batch 32) is trained by `Trainer` and by
-`SAMTrainer` (ρ = 0.05) in alternating runs (A B, then B A) in one process; each run's steps are timed with a
-callback (on_step_begin → on_step_end) after the first step. Prints medians and the ratio (target ≤ 2.1×).
+1. A tiny ViT image classifier (192 wide, 6 layers, patch 4, 32 px, batch 32) is trained by `Trainer` and by
+   `SAMTrainer` (ρ = 0.05) in alternating runs (A B, then B A) in one process. Target ≤ 2.1×.
+2. `EpisodicTrainer` meta-trains a `SmatModel` and a `ProtoNetModel` (random backbone of each shape, SMAT.md §6
+   optimisers, 4 tasks per update as the paper) on the same MiniMeta episodes: 5-way 5-shot 10-query from the
+   digits split (the domain with enough images per class), alternating runs; time per task = update time / 4,
+   optimizer step included. Target SMAT / ProtoNet ≤ 2.4×.
+Each run's steps are timed with a callback (on_step_begin → on_step_end) after the first step.
 """
 
 import argparse
@@ -13,11 +17,14 @@ import tempfile
 import time
 
 import torch
-from shapes import TINY_VIT_32PX
+from shapes import TINY_VIT_32PX, VIT_S_16_84PX
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, ViTConfig, ViTForImageClassification
 
-from hf_fewshot import FewShotTrainingArguments, SAMTrainer
+from hf_fewshot import EpisodicTrainer, FewShotTrainingArguments, ProtoNetModel, SAMTrainer, SmatModel, load_domain
+
+BACKBONES = {"tiny": TINY_VIT_32PX, "vits": VIT_S_16_84PX}
+TASKS_PER_UPDATE = 4
 
 
 class StepTimer(TrainerCallback):
@@ -68,35 +75,102 @@ def step_seconds(trainer_class, rho: float, steps: int, folder: str) -> list[flo
     return timer.seconds[1:]  # the first step warms up
 
 
+def task_seconds(model_class, shape: dict, steps: int, folder: str) -> list[float]:
+    """Seconds per meta-training task of `model_class` in EpisodicTrainer (4 tasks per optimizer step)."""
+    torch.manual_seed(0)
+    model = model_class.from_backbone(ViTConfig(**shape))
+    args = FewShotTrainingArguments(
+        output_dir=folder,
+        max_steps=steps,
+        gradient_accumulation_steps=TASKS_PER_UPDATE,
+        learning_rate=1e-4,
+        max_grad_norm=0.0,
+        episode_protocol="fixed",
+        n_way=5,
+        n_shot=5,
+        n_query=10,
+        image_size=shape["image_size"],
+        use_cpu=True,
+        report_to="none",
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_strategy="no",
+    )
+    timer = StepTimer()
+    digits = load_domain("minimeta", "digits", "test")
+    EpisodicTrainer(model, args, train_dataset={"digits": digits}, callbacks=[timer]).train()
+    return [seconds / TASKS_PER_UPDATE for seconds in timer.seconds[1:]]  # the first update warms up
+
+
+def alternate(runs: dict, repeats: int, progress) -> dict[str, list[float]]:
+    """Median seconds of each run, alternating the order (A B, B A, …) to spread the CPU's drift."""
+    medians = {name: [] for name in runs}
+    order = list(runs)
+    for _ in range(repeats):
+        for name in order:
+            medians[name].append(statistics.median(runs[name]()))
+            progress.update()
+        order.reverse()
+    return medians
+
+
+def print_rows(medians: dict[str, list[float]], unit: str) -> None:
+    for name, values in medians.items():
+        print(f"| {name}, {unit} | {statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} | |")
+
+
+def print_ratio(label: str, numerator: list[float], denominator: list[float], target: str) -> None:
+    ratios = [a / b for a, b in zip(numerator, denominator, strict=True)]
+    print(f"| {label} | {statistics.median(ratios):.2f}× | {min(ratios):.2f}–{max(ratios):.2f} | {target} |")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES), default=["tiny"])
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    runs = {"Trainer": (Trainer, 0.0), "SAMTrainer": (SAMTrainer, 0.05)}
-    medians = {name: [] for name in runs}
-    order = list(runs)
-    with tempfile.TemporaryDirectory() as folder, tqdm(total=2 * args.repeats, desc="bench/training") as progress:
-        for _ in range(args.repeats):
-            for name in order:
-                medians[name].append(statistics.median(step_seconds(*runs[name], args.steps, folder)))
-                progress.update()
-            order.reverse()
-    ratios = [sam / erm for sam, erm in zip(medians["SAMTrainer"], medians["Trainer"], strict=True)]
+    with (
+        tempfile.TemporaryDirectory() as folder,
+        tqdm(total=2 * args.repeats * (1 + len(args.backbones)), desc="bench/training") as progress,
+    ):
+        sam = alternate(
+            {
+                "Trainer step": lambda: step_seconds(Trainer, 0.0, args.steps, folder),
+                "SAMTrainer step": lambda: step_seconds(SAMTrainer, 0.05, args.steps, folder),
+            },
+            args.repeats,
+            progress,
+        )
+        tasks = {
+            name: alternate(
+                {
+                    f"P>M>F (ProtoNet) task, {name}": lambda shape=BACKBONES[name]: task_seconds(
+                        ProtoNetModel, shape, args.steps, folder
+                    ),
+                    f"SMAT task, {name}": lambda shape=BACKBONES[name]: task_seconds(
+                        SmatModel, shape, args.steps, folder
+                    ),
+                },
+                args.repeats,
+                progress,
+            )
+            for name in args.backbones
+        }
     print(
-        f"\nSAM overhead ({args.threads} threads, tiny ViT 32 px, batch 32, ρ = 0.05; medians of {args.repeats} "
-        f"alternating runs of {args.steps} steps)\n"
+        f"\nTraining ({args.threads} threads; medians of {args.repeats} alternating runs of {args.steps} steps; "
+        "SAM: tiny ViT classifier 32 px, batch 32, ρ = 0.05; tasks: 5-way 5-shot 10-query MiniMeta digits)\n"
     )
     print("| measure | median | min–max | target |")
     print("|---|---:|---:|---|")
-    for name, values in medians.items():
-        print(f"| {name} step, s | {statistics.median(values):.3f} | {min(values):.3f}–{max(values):.3f} | |")
-    print(
-        f"| SAMTrainer / Trainer step | {statistics.median(ratios):.2f}× | {min(ratios):.2f}–{max(ratios):.2f} "
-        "| ≤ 2.1× (2× = two passes) |"
-    )
+    print_rows(sam, "s")
+    print_ratio("SAMTrainer / Trainer step", sam["SAMTrainer step"], sam["Trainer step"], "≤ 2.1× (2× = two passes)")
+    for name, medians in tasks.items():
+        print_rows(medians, "s")
+        protonet, smat = medians.values()
+        print_ratio(f"SMAT / P>M>F per task, {name}", smat, protonet, "≤ 2.4×")
 
 
 if __name__ == "__main__":

@@ -260,3 +260,36 @@ def test_protonet_meta_training_uses_sgd_over_backbone_and_head(tmp_path, glyphs
     assert trainer.optimizer.param_groups[0]["momentum"] == 0.9
     moved = [name for name, p in model.named_parameters() if not torch.equal(p, before[name])]
     assert "head.scale" in moved and any(name.startswith("backbone.") for name in moved)
+
+
+def _two_rank_meta_training(output_dir: str) -> None:
+    """Runs in each of two gloo CPU processes started by accelerate's debug_launcher."""
+    import torch.distributed as dist
+
+    train = first_classes(load_domain("minimeta", "glyphs", "train"), 10)
+    validation = first_classes(load_domain("minimeta", "glyphs", "validation"), 10)
+    model = tiny_smat()
+    args = training_arguments(output_dir, max_steps=2, eval_episodes=3)
+    trainer = EpisodicTrainer(model, args, train_dataset={"glyphs": train}, eval_dataset={"glyphs": validation})
+    assert dist.get_world_size() == 2, "two connected processes"
+
+    first_episode = next(iter(trainer.get_train_dataloader()))["support_pixel_values"].sum().reshape(1)
+    fingerprints = [torch.empty_like(first_episode) for _ in range(2)]
+    dist.all_gather(fingerprints, first_episode)
+    assert not torch.equal(*fingerprints), "each rank trains on its own episodes"
+
+    trainer.train()
+    flat = torch.cat([p.detach().flatten() for p in model.parameters() if p.requires_grad])
+    gathered = [torch.empty_like(flat) for _ in range(2)]
+    dist.all_gather(gathered, flat)
+    assert torch.equal(gathered[0], gathered[1]), "ranks end with identical parameters"
+    assert not torch.equal(flat, torch.cat([p.flatten() for p in tiny_smat().parameters() if p.requires_grad]))
+
+    results, losses = trainer.validation_results()
+    assert results["glyphs"].num_episodes == 3 and len(losses) == 3, "3 episodes over 2 ranks, none counted twice"
+
+
+def test_two_gloo_processes_meta_train_one_smat(tmp_path):
+    from accelerate import debug_launcher
+
+    debug_launcher(lambda: _two_rank_meta_training(str(tmp_path)), num_processes=2)

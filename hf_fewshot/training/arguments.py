@@ -45,6 +45,18 @@ class FewShotTrainingArguments(TrainingArguments):
     router_weight_decay: float = field(default=1e-2, metadata={"help": "SMAT: AdamW weight decay of the router."})
     router_max_grad_norm: float = field(default=1.0, metadata={"help": "SMAT: gradient-norm clip of the router."})
 
+    def episode_settings(self) -> dict:
+        """The `EpisodeSampler` keyword arguments these settings describe (protocol, ways, shots, seed)."""
+        return dict(
+            protocol=self.episode_protocol,
+            n_way=self.n_way,
+            n_shot=self.n_shot,
+            n_query=self.n_query,
+            max_ways=self.max_ways,
+            max_support=self.max_support,
+            seed=self.seed,
+        )
+
     def __post_init__(self):
         super().__post_init__()
         if self.sam_rho < 0:

@@ -203,18 +203,8 @@ class EpisodicTrainer(SAMTrainer):
 
     # ----------------------------------------------------------------------------------------- data
     def _sampler(self, dataset: datasets.Dataset, domain: str, num_episodes: int | None) -> EpisodeSampler:
-        args = self.args
         return EpisodeSampler.from_dataset(
-            dataset,
-            protocol=args.episode_protocol,
-            n_way=args.n_way,
-            n_shot=args.n_shot,
-            n_query=args.n_query,
-            max_ways=args.max_ways,
-            max_support=args.max_support,
-            seed=args.seed,
-            num_episodes=num_episodes,
-            domain=domain,
+            dataset, **self.args.episode_settings(), num_episodes=num_episodes, domain=domain
         )
 
     def _episode_loader(self, episodes, collator: EpisodeCollator) -> DataLoader:
