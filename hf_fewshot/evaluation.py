@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import datasets
 import numpy as np
@@ -16,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from hf_fewshot.adaptation import finetune_on_support
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, episode_loader
 from hf_fewshot.data.transforms import EvalTransform
 from hf_fewshot.models.prototypes import eval_mode
@@ -101,12 +103,19 @@ def results_table(results_by_model: Mapping[str, EvaluationResults]) -> str:
     return "\n".join(lines)
 
 
-@torch.no_grad()
-def episode_metrics(model: torch.nn.Module, episode: Mapping[str, torch.Tensor]) -> tuple[float, float]:
-    """Query accuracy (%) and cross-entropy of the model's episodic forward on one collated episode."""
+def episode_metrics(
+    model: torch.nn.Module, episode: Mapping[str, torch.Tensor], finetune: Mapping[str, Any] | None = None
+) -> tuple[float, float]:
+    """Query accuracy (%) and cross-entropy on one collated episode: the model's episodic forward, or, with
+    `finetune` (keyword arguments of `finetune_on_support`), the task fine-tuned on the support set first."""
     device = next(model.parameters()).device
     inputs = {name: tensor.to(device) for name, tensor in episode.items()}
-    logits = model(inputs["support_pixel_values"], inputs["support_labels"], inputs["query_pixel_values"]).logits
+    support, support_labels = inputs["support_pixel_values"], inputs["support_labels"]
+    if finetune is None:
+        with torch.no_grad():
+            logits = model(support, support_labels, inputs["query_pixel_values"]).logits
+    else:
+        logits = finetune_on_support(model, support, support_labels, **finetune)(inputs["query_pixel_values"])
     labels = inputs["query_labels"]
     accuracy = 100.0 * (logits.argmax(-1) == labels).float().mean().item()
     return accuracy, F.cross_entropy(logits, labels).item()
@@ -121,6 +130,7 @@ def evaluate_episodes(
     protocol: str = "md",
     image_size: int = 128,
     seed: int = 0,
+    finetune: Mapping[str, Any] | None = None,
     num_workers: int = 0,
     progress: bool = True,
     **sampler_kwargs,
@@ -130,7 +140,9 @@ def evaluate_episodes(
     `domains` maps a domain name to its evaluation split (`load_domain(..., split="test")`); `in_domain` names
     the domains the model was meta-trained on (their average is the ID column, the rest OOD). Episodes are
     drawn with `EpisodeSampler(protocol, seed)` (`sampler_kwargs` go to it) and the eval transform at
-    `image_size`; the model runs in eval mode (no inner step, deterministic routing).
+    `image_size`; the model runs in eval mode (no inner step, deterministic routing). `finetune` (e.g.
+    `{"mode": "lora", "learning_rate": 1e-3, "steps": 50}`) fine-tunes a copy on each episode's support set
+    with `finetune_on_support` before predicting its queries.
     """
     in_domain = set(in_domain)
     unknown = in_domain - set(domains)
@@ -145,7 +157,7 @@ def evaluate_episodes(
             )
             loader = episode_loader(sampler, EpisodeCollator(dataset, transform), num_workers=num_workers)
             accuracies = [
-                episode_metrics(model, episode)[0]
+                episode_metrics(model, episode, finetune)[0]
                 for episode in tqdm(loader, desc=f"evaluating {name}", disable=not progress, leave=False)
             ]
             mean, ci95 = mean_and_ci95(accuracies)

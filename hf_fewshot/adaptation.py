@@ -1,0 +1,246 @@
+"""Test-time adaptation on a task's support set (PMF_AND_EVAL.md §2, SAM.md §3).
+
+- `finetune_on_support`: fine-tune a copy of the backbone (full, AdamW) or a PEFT LoRA adapter on the
+  support set, prototypes from the clean support images, loss on an augmented copy; the model itself is
+  never touched, so every task starts from the meta-tuned (or SMAT-merged) weights.
+- `choose_learning_rate`: pick the learning rate on a pseudo-episode made from the support set alone.
+- `select_backbone`: score a pool of backbones on the support set (leave-one-out nearest-centroid accuracy).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Mapping, Sequence
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from peft import LoraConfig, get_peft_model
+from torch import nn
+from transformers import PreTrainedModel
+
+from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hf_fewshot.models.prototypes import (
+    FewShotPreTrainedModel,
+    FewShotTask,
+    backbone_features,
+    check_episode,
+    class_prototypes,
+    cosine_logits,
+    eval_mode,
+)
+
+DEFAULT_LEARNING_RATES = (0.0, 1e-4, 1e-3, 1e-2)
+LORA_TARGETS = ("q_proj", "v_proj")
+
+
+class SupportAugmentation:
+    """Random flip, brightness / contrast / saturation jitter and a small translation of normalised images,
+    drawn from a seeded generator: the augmented copy of the support set the fine-tuning loss is taken on."""
+
+    def __init__(
+        self,
+        jitter: float = 0.4,
+        max_shift: float = 0.1,
+        mean: Sequence[float] = IMAGENET_MEAN,
+        std: Sequence[float] = IMAGENET_STD,
+    ):
+        self.jitter, self.max_shift = jitter, max_shift
+        self.mean, self.std = torch.tensor(mean).view(1, 3, 1, 1), torch.tensor(std).view(1, 3, 1, 1)
+
+    def __call__(self, pixel_values: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        n = len(pixel_values)
+        mean, std = self.mean.to(pixel_values), self.std.to(pixel_values)
+        unit = (pixel_values * std + mean).clamp(0, 1)
+        flip = torch.rand(n, generator=generator) < 0.5
+        unit = torch.where(flip.view(n, 1, 1, 1).to(unit.device), unit.flip(-1), unit)
+        factors = (1 + (torch.rand(3, n, 1, 1, 1, generator=generator) * 2 - 1) * self.jitter).to(unit)
+        luma_weights = torch.tensor([0.299, 0.587, 0.114], dtype=unit.dtype, device=unit.device).view(1, 3, 1, 1)
+        unit = (unit * factors[0]).clamp(0, 1)
+        mean_luma = (unit * luma_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+        unit = (unit * factors[1] + mean_luma * (1 - factors[1])).clamp(0, 1)
+        luma = (unit * luma_weights).sum(1, keepdim=True)
+        unit = (unit * factors[2] + luma * (1 - factors[2])).clamp(0, 1)
+        shifts = ((torch.rand(n, 2, generator=generator) * 2 - 1) * self.max_shift * 2).to(unit)
+        theta = torch.zeros(n, 2, 3, dtype=unit.dtype, device=unit.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1.0
+        theta[:, :, 2] = shifts
+        grid = F.affine_grid(theta, list(unit.shape), align_corners=False)
+        unit = F.grid_sample(unit, grid, padding_mode="border", align_corners=False)
+        return (unit - mean) / std
+
+
+def _task_backbone_and_head(model: nn.Module, support_pixel_values, support_labels) -> tuple[nn.Module, float, float]:
+    """A private copy of the backbone a task starts from, and the head's (scale, bias)."""
+    if isinstance(model, FewShotTask):
+        return copy.deepcopy(model.backbone), model.scale, model.bias
+    if isinstance(model, FewShotPreTrainedModel):
+        task = model.prepare_task(support_pixel_values, support_labels)  # SMAT: routed and merged into a copy
+        shared = task.backbone is model.backbone  # ProtoNet's task uses the model's own backbone
+        return copy.deepcopy(task.backbone) if shared else task.backbone, task.scale, task.bias
+    if isinstance(model, PreTrainedModel):  # a plain HF backbone (e.g. ViTModel): cosine head, scale 10
+        return copy.deepcopy(model), 10.0, 0.0
+    raise TypeError(
+        "finetune_on_support takes a ProtoNetModel, SmatModel, FewShotTask or HF backbone, "
+        f"not {type(model).__name__}."
+    )
+
+
+def finetune_on_support(
+    model: nn.Module,
+    support_pixel_values: torch.Tensor,
+    support_labels: torch.Tensor,
+    mode: Literal["full", "lora"] = "full",
+    learning_rate: float | Literal["auto"] = "auto",
+    steps: int = 50,
+    *,
+    learning_rates: Sequence[float] = DEFAULT_LEARNING_RATES,
+    lora_rank: int = 8,
+    lora_alpha: int = 32,
+    lora_targets: Sequence[str] = LORA_TARGETS,
+    seed: int = 0,
+) -> FewShotTask:
+    """Adapt to one task and return it as a `FewShotTask` (its `backbone` is a fine-tuned copy, or a PEFT model
+    holding the task's LoRA adapter: `task.backbone.save_pretrained(folder)` saves the adapter alone).
+
+    `model`: a `ProtoNetModel`, a `SmatModel` (fine-tuned after routing and merging), a prepared `FewShotTask`, or
+    a plain HF backbone. Each of `steps` AdamW steps takes prototypes from the clean support images and the
+    cross-entropy of an augmented copy; the head's scale and bias stay fixed. For LoRA the learning rate is 10×
+    the given one (PMF_AND_EVAL.md §2). `learning_rate="auto"` picks one of `learning_rates` with
+    `choose_learning_rate` on the support set alone.
+    """
+    if mode not in ("full", "lora"):
+        raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}.")
+    if steps < 0:
+        raise ValueError(f"steps must be ≥ 0, got {steps}.")
+    n_way = check_episode(support_pixel_values, support_labels)
+    if learning_rate == "auto":
+        learning_rate = choose_learning_rate(
+            model, support_pixel_values, support_labels, mode, steps, learning_rates=learning_rates, seed=seed
+        )
+    backbone, scale, bias = _task_backbone_and_head(model, support_pixel_values, support_labels)
+    if mode == "lora":
+        backbone.requires_grad_(False)
+        config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=0.0)
+        backbone = get_peft_model(backbone, config)
+        learning_rate = 10 * learning_rate
+    else:
+        backbone.requires_grad_(True)
+    parameters = [p for p in backbone.parameters() if p.requires_grad]
+    if learning_rate > 0 and steps > 0:
+        optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+        generator = torch.Generator().manual_seed(seed)
+        augment = SupportAugmentation()
+        backbone.train()
+        for _ in range(steps):
+            prototypes = class_prototypes(backbone_features(backbone, support_pixel_values), support_labels, n_way)
+            augmented = augment(support_pixel_values, generator)
+            logits = cosine_logits(backbone_features(backbone, augmented), prototypes, scale, bias)
+            loss = F.cross_entropy(logits, support_labels)
+            if not torch.isfinite(loss):
+                raise FloatingPointError(
+                    f"Fine-tuning diverged (loss {loss.item()}) at learning rate {learning_rate}; try a smaller one."
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    backbone.requires_grad_(False)
+    with torch.no_grad(), eval_mode(backbone):
+        prototypes = class_prototypes(backbone_features(backbone, support_pixel_values), support_labels, n_way)
+    return FewShotTask(backbone.eval(), prototypes, scale, bias, support_pixel_values.shape[-2:])
+
+
+def pseudo_episode(support_labels: torch.Tensor, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a support set into pseudo-support and pseudo-query positions: half of each class (rounded down, at
+    least one) is held out as queries. Every class needs at least two images."""
+    counts = torch.bincount(support_labels)
+    if int(counts.min()) < 2:
+        lonely = torch.nonzero(counts < 2).flatten().tolist()
+        raise ValueError(
+            f"Choosing a learning rate needs ≥ 2 support images per class (one to hold out); classes {lonely} have "
+            "fewer. Pass a fixed learning_rate instead."
+        )
+    generator = torch.Generator().manual_seed(seed)
+    support, query = [], []
+    for label in range(len(counts)):
+        rows = torch.nonzero(support_labels == label).flatten()
+        rows = rows[torch.randperm(len(rows), generator=generator)]
+        held_out = max(1, len(rows) // 2)
+        query.append(rows[:held_out])
+        support.append(rows[held_out:])
+    return torch.cat(support), torch.cat(query)
+
+
+def choose_learning_rate(
+    model: nn.Module,
+    support_pixel_values: torch.Tensor,
+    support_labels: torch.Tensor,
+    mode: Literal["full", "lora"] = "full",
+    steps: int = 50,
+    *,
+    learning_rates: Sequence[float] = DEFAULT_LEARNING_RATES,
+    seed: int = 0,
+) -> float:
+    """The learning rate (of `learning_rates`) whose fine-tuning on a pseudo-support set best classifies the
+    held-out pseudo-queries — all taken from the support set, so no test label is ever seen. Ties go to the
+    smaller learning rate (0 = no fine-tuning)."""
+    if not learning_rates:
+        raise ValueError("learning_rates is empty.")
+    support_rows, query_rows = pseudo_episode(support_labels, seed)
+    pseudo_support, pseudo_labels = support_pixel_values[support_rows], support_labels[support_rows]
+    best_rate, best_accuracy = None, -math.inf
+    for rate in sorted(learning_rates):
+        task = finetune_on_support(model, pseudo_support, pseudo_labels, mode, rate, steps, seed=seed)
+        predictions = task(support_pixel_values[query_rows]).argmax(-1)
+        accuracy = (predictions == support_labels[query_rows]).float().mean().item()
+        if accuracy > best_accuracy:
+            best_rate, best_accuracy = rate, accuracy
+    return best_rate
+
+
+@torch.no_grad()
+def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor) -> float:
+    """Nearest-centroid (cosine) accuracy of each support image against the class means of the others.
+
+    Images that are alone in their class cannot be held out and are not scored (their class still competes)."""
+    n_way = int(labels.max()) + 1
+    sums = torch.zeros(n_way, features.shape[-1], dtype=features.dtype).index_add(0, labels, features)
+    counts = torch.bincount(labels, minlength=n_way).to(features.dtype)
+    scored = counts[labels] > 1
+    if not scored.any():
+        raise ValueError("Backbone selection needs a class with ≥ 2 support images to hold one out.")
+    # Prototypes without the held-out image: its own class mean recomputed, the other classes unchanged.
+    centroids = (sums / counts.clamp_min(1).unsqueeze(-1)).expand(len(labels), n_way, -1).clone()
+    own = (sums[labels] - features) / (counts[labels] - 1).clamp_min(1).unsqueeze(-1)
+    centroids[torch.arange(len(labels)), labels] = own
+    similarity = F.cosine_similarity(features.unsqueeze(1), centroids, dim=-1)
+    correct = similarity.argmax(-1) == labels
+    return correct[scored].float().mean().item()
+
+
+@torch.no_grad()
+def select_backbone(
+    backbones: Mapping[str, nn.Module], support_pixel_values: torch.Tensor, support_labels: torch.Tensor
+) -> tuple[str, dict[str, float]]:
+    """The backbone of the pool whose features best separate the support set (leave-one-out nearest-centroid
+    accuracy, SAM.md §3), and every backbone's score. Ties go to the first in the pool's order."""
+    check_episode(support_pixel_values, support_labels)
+    scores = {}
+    for name, model in backbones.items():
+        backbone = getattr(model, "backbone", model)
+        with eval_mode(backbone):
+            features = backbone_features(backbone, support_pixel_values)
+        scores[name] = leave_one_out_accuracy(features, support_labels)
+    best = max(scores, key=lambda name: scores[name])
+    return best, scores
+
+
+__all__ = [
+    "SupportAugmentation",
+    "choose_learning_rate",
+    "finetune_on_support",
+    "leave_one_out_accuracy",
+    "pseudo_episode",
+    "select_backbone",
+]

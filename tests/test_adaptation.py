@@ -1,0 +1,157 @@
+"""Test-time adaptation: full and LoRA fine-tuning on the support set, the lr chooser, backbone selection."""
+
+import pytest
+import torch
+from peft import PeftModel
+from transformers import ViTConfig
+
+from hf_fewshot import EpisodeCollator, EpisodeSampler, ProtoNetModel, SmatModel, load_domain
+from hf_fewshot.adaptation import (
+    choose_learning_rate,
+    finetune_on_support,
+    leave_one_out_accuracy,
+    pseudo_episode,
+    select_backbone,
+)
+from hf_fewshot.data import EvalTransform
+
+# std 0.2 so that the random backbone's features depend on the image (see test_episodic_trainer.TINY_VIT).
+TINY_VIT = dict(
+    hidden_size=32,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    intermediate_size=64,
+    image_size=16,
+    patch_size=4,
+    initializer_range=0.2,
+)
+
+
+def tiny(model_class=ProtoNetModel, **kwargs):
+    torch.manual_seed(0)
+    return model_class.from_backbone(ViTConfig(**TINY_VIT), **kwargs)
+
+
+@pytest.fixture(scope="module")
+def episode():
+    """A 5-way 5-shot 5-query task from MiniMeta glyphs' test classes."""
+    split = load_domain("minimeta", "glyphs", "test")
+    sampler = EpisodeSampler.from_dataset(split, protocol="fixed", n_way=5, n_shot=5, n_query=5, seed=3)
+    return EpisodeCollator(split, EvalTransform(16))(sampler.episode(0))
+
+
+def accuracy(task, pixels, labels) -> float:
+    return (task(pixels).argmax(-1) == labels).float().mean().item()
+
+
+def snapshot(module):
+    return {name: tensor.detach().clone() for name, tensor in module.state_dict().items()}
+
+
+def test_full_finetuning_moves_a_copy_of_the_backbone_and_fits_the_support_set(episode):
+    model = tiny()
+    before_model = snapshot(model)
+    support, labels = episode["support_pixel_values"], episode["support_labels"]
+    untuned = finetune_on_support(model, support, labels, "full", learning_rate=0.0)
+    task = finetune_on_support(model, support, labels, "full", learning_rate=1e-3, steps=60)
+    assert accuracy(task, support, labels) > accuracy(untuned, support, labels)
+    after_model = snapshot(model)
+    assert all(torch.equal(before_model[k], after_model[k]) for k in before_model), "the model is never touched"
+    moved = [k for k, v in task.backbone.state_dict().items() if not torch.equal(v, before_model[f"backbone.{k}"])]
+    assert len(moved) > 0.9 * len(task.backbone.state_dict()), "full fine-tuning moves (nearly) every tensor"
+    assert (task.scale, task.bias) == (10.0, 0.0), "the head's scale and bias stay fixed"
+
+
+def test_lora_trains_only_the_adapter_and_reloads_to_identical_logits(episode, tmp_path):
+    model = tiny()
+    support, labels, query = episode["support_pixel_values"], episode["support_labels"], episode["query_pixel_values"]
+    task = finetune_on_support(model, support, labels, "lora", learning_rate=1e-3, steps=20)
+    assert isinstance(task.backbone, PeftModel)
+    base = snapshot(model.backbone)
+    lora_moved, base_moved = [], []
+    for name, tensor in task.backbone.state_dict().items():
+        if "lora_" in name:
+            lora_moved.append(not torch.allclose(tensor, torch.zeros_like(tensor)) if "lora_B" in name else True)
+        else:
+            plain = name.removeprefix("base_model.model.").replace(".base_layer", "")
+            base_moved.append(not torch.equal(tensor, base[plain]))
+    assert lora_moved and all(lora_moved), "every LoRA B matrix left zero: the adapter trained"
+    assert not any(base_moved), "the base weights are untouched"
+    assert {n.split(".")[-2] for n, _ in task.backbone.named_modules() if n.endswith("lora_A")} <= {"q_proj", "v_proj"}
+
+    task.backbone.save_pretrained(tmp_path / "adapter")
+    assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
+    reloaded = PeftModel.from_pretrained(tiny().backbone, tmp_path / "adapter").eval()
+    with torch.no_grad():
+        kwargs = {"interpolate_pos_encoding": True}
+        expected = task.backbone(pixel_values=query, **kwargs).last_hidden_state[:, 0]
+        assert torch.equal(reloaded(pixel_values=query, **kwargs).last_hidden_state[:, 0], expected)
+
+    # Two task adapters on one base model, switched by name.
+    other = finetune_on_support(model, support, labels, "lora", learning_rate=1e-2, steps=5, seed=1)
+    other.backbone.save_pretrained(tmp_path / "other")
+    shared = PeftModel.from_pretrained(tiny().backbone, tmp_path / "adapter", adapter_name="glyphs_a").eval()
+    shared.load_adapter(tmp_path / "other", adapter_name="glyphs_b")
+    with torch.no_grad():
+        shared.set_adapter("glyphs_b")
+        second = shared(pixel_values=query, **kwargs).last_hidden_state[:, 0]
+        shared.set_adapter("glyphs_a")
+        first = shared(pixel_values=query, **kwargs).last_hidden_state[:, 0]
+    assert torch.equal(first, expected) and not torch.equal(first, second)
+
+
+def test_smat_is_finetuned_after_routing_and_merging(episode):
+    model = tiny(SmatModel, num_experts=2)
+    with torch.no_grad():
+        model.delta.normal_(std=0.01)
+    delta = model.delta.detach().clone()
+    support, labels = episode["support_pixel_values"], episode["support_labels"]
+    merged = model.prepare_task(support, labels)
+    task = finetune_on_support(model, support, labels, "full", learning_rate=1e-3, steps=3)
+    assert torch.equal(model.delta, delta)
+    weights = dict(task.backbone.named_parameters())
+    assert any(not torch.equal(p, weights[n]) for n, p in merged.backbone.named_parameters())
+
+
+def test_the_lr_chooser_sees_only_the_support_set(episode):
+    model = tiny()
+    support, labels = episode["support_pixel_values"], episode["support_labels"]
+    chosen = choose_learning_rate(model, support, labels, "full", steps=5, learning_rates=(0.0, 1e-3, 1e-2))
+    assert chosen in (0.0, 1e-3, 1e-2)
+    rows_support, rows_query = pseudo_episode(labels)
+    assert set(rows_support.tolist()).isdisjoint(rows_query.tolist())
+    assert torch.bincount(labels[rows_query]).tolist() == [2] * 5  # half of each class (5 shots) held out
+    with pytest.raises(ValueError, match="≥ 2 support images per class"):
+        choose_learning_rate(model, support[:5], torch.arange(5))
+    task = finetune_on_support(model, support, labels, "full", steps=5, learning_rates=(0.0, 1e-3))
+    assert task.n_way == 5
+
+
+def test_bad_arguments_are_explained(episode):
+    support, labels = episode["support_pixel_values"], episode["support_labels"]
+    with pytest.raises(ValueError, match="mode"):
+        finetune_on_support(tiny(), support, labels, "adapter", learning_rate=1e-3)
+    with pytest.raises(TypeError, match="finetune_on_support takes"):
+        finetune_on_support(torch.nn.Linear(2, 2), support, labels, learning_rate=1e-3)
+    with pytest.raises(FloatingPointError, match="diverged"):
+        finetune_on_support(tiny(), support, labels, learning_rate=1e12, steps=5)
+
+
+def test_leave_one_out_holds_each_image_out_of_its_own_centroid():
+    # Image 1 is closer to the class-1 centroid once it no longer pulls its own class mean towards itself.
+    features = torch.tensor([[1.0, 0.0], [0.6, 0.8], [0.0, 1.0], [0.1, 1.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    assert leave_one_out_accuracy(features, labels) == 0.75
+    assert leave_one_out_accuracy(torch.eye(3).repeat(2, 1), torch.arange(3).repeat(2)) == 1.0
+    with pytest.raises(ValueError, match="≥ 2 support images"):
+        leave_one_out_accuracy(torch.eye(3), torch.arange(3))
+
+
+def test_select_backbone_returns_the_best_scoring_backbone(episode):
+    torch.manual_seed(1)
+    other = ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+    pool = {"protonet": tiny(), "plain_vit": tiny().backbone, "other": other}
+    best, scores = select_backbone(pool, episode["support_pixel_values"], episode["support_labels"])
+    assert set(scores) == set(pool) and all(0.0 <= s <= 1.0 for s in scores.values())
+    assert scores[best] == max(scores.values())
+    assert scores["protonet"] == scores["plain_vit"], "a model and its own backbone score the same"

@@ -1,0 +1,51 @@
+"""evaluate_episodes: reproducible per-domain accuracy with CIs, ID / OOD averages, tables, fine-tuning per task."""
+
+import pytest
+import torch
+from transformers import ViTConfig
+
+from hf_fewshot import ProtoNetModel, evaluate_episodes, load_domain
+from hf_fewshot.evaluation import results_table
+
+TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16,
+                patch_size=4, initializer_range=0.2)  # fmt: skip
+SETTINGS = dict(protocol="fixed", n_way=5, n_shot=2, n_query=2, image_size=16, progress=False)
+
+
+@pytest.fixture(scope="module")
+def domains():
+    return {"emoji": load_domain("minimeta", "emoji", "test"), "digits": load_domain("minimeta", "digits", "test")}
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+
+
+def test_a_fixed_seed_gives_the_same_results_and_another_seed_other_episodes(model, domains):
+    first = evaluate_episodes(model, domains, 6, in_domain=["emoji"], seed=1, **SETTINGS)
+    again = evaluate_episodes(model, domains, 6, in_domain=["emoji"], seed=1, **SETTINGS)
+    other = evaluate_episodes(model, domains, 6, in_domain=["emoji"], seed=2, **SETTINGS)
+    assert first == again
+    assert first.to_dict() != other.to_dict()
+    assert first.id_average == first["emoji"].mean and first.ood_average == first["digits"].mean
+    assert first["digits"].num_episodes == 6 and not first["digits"].in_domain
+
+
+def test_results_table_puts_models_side_by_side(model, domains):
+    results = evaluate_episodes(model, domains, 3, in_domain=["emoji"], **SETTINGS)
+    table = results_table({"A": results, "B": results})
+    lines = table.splitlines()
+    assert lines[0] == "| domain | split | A | B |"
+    assert lines[2].startswith("| emoji | ID | ") and lines[3].startswith("| digits | OOD | ")
+    assert f"**{results.id_average:.2f}**" in lines[4] and lines[5].startswith("| **OOD average** |")
+    with pytest.raises(ValueError, match="in_domain"):
+        evaluate_episodes(model, domains, 3, in_domain=["glyphs"], **SETTINGS)
+
+
+def test_finetuning_each_task_changes_the_predictions(model, domains):
+    digits = {"digits": domains["digits"]}
+    plain = evaluate_episodes(model, digits, 3, **SETTINGS)
+    tuned = evaluate_episodes(model, digits, 3, finetune={"learning_rate": 3e-3, "steps": 10}, **SETTINGS)
+    assert plain != tuned
