@@ -99,16 +99,18 @@ def finetune_on_support(
     lora_rank: int = 8,
     lora_alpha: int = 32,
     lora_targets: Sequence[str] = LORA_TARGETS,
+    autocast: torch.dtype | None = None,
     seed: int = 0,
 ) -> FewShotTask:
     """Adapt to one task and return it as a `FewShotTask` (its `backbone` is a fine-tuned copy, or a PEFT model
     holding the task's LoRA adapter: `task.backbone.save_pretrained(folder)` saves the adapter alone).
 
     `model`: a `ProtoNetModel`, a `SmatModel` (fine-tuned after routing and merging), a prepared `FewShotTask`, or
-    a plain HF backbone. Each of `steps` AdamW steps takes prototypes from the clean support images and the
-    cross-entropy of an augmented copy; the head's scale and bias stay fixed. For LoRA the learning rate is 10×
-    the given one (PMF_AND_EVAL.md §2). `learning_rate="auto"` picks one of `learning_rates` with
-    `choose_learning_rate` on the support set alone.
+    a plain HF backbone. Each of `steps` AdamW steps takes prototypes from the clean support images (as fixed
+    targets, no gradient) and the cross-entropy of an augmented copy; the head's scale and bias stay fixed.
+    For LoRA the learning rate is 10× the given one (PMF_AND_EVAL.md §2). `learning_rate="auto"` picks one of
+    `learning_rates` with `choose_learning_rate` on the support set alone. `autocast=torch.bfloat16` runs the
+    fine-tuning passes in mixed precision (weights and optimiser stay fp32; 1.9× faster on our 2-core CPU).
     """
     if mode not in ("full", "lora"):
         raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}.")
@@ -133,11 +135,14 @@ def finetune_on_support(
         generator = torch.Generator().manual_seed(seed)
         augment = SupportAugmentation()
         backbone.train()
+        mixed_precision = torch.autocast(support_pixel_values.device.type, autocast, enabled=autocast is not None)
         for _ in range(steps):
-            prototypes = class_prototypes(backbone_features(backbone, support_pixel_values), support_labels, n_way)
-            augmented = augment(support_pixel_values, generator)
-            logits = cosine_logits(backbone_features(backbone, augmented), prototypes, scale, bias)
-            loss = F.cross_entropy(logits, support_labels)
+            with torch.no_grad(), mixed_precision:  # targets, not a path for the gradient: one backward per step
+                clean = backbone_features(backbone, support_pixel_values).float()
+            prototypes = class_prototypes(clean, support_labels, n_way)
+            with mixed_precision:
+                augmented = backbone_features(backbone, augment(support_pixel_values, generator)).float()
+            loss = F.cross_entropy(cosine_logits(augmented, prototypes, scale, bias), support_labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
                     f"Fine-tuning diverged (loss {loss.item()}) at learning rate {learning_rate}; try a smaller one."

@@ -155,3 +155,10 @@ def test_select_backbone_returns_the_best_scoring_backbone(episode):
     assert set(scores) == set(pool) and all(0.0 <= s <= 1.0 for s in scores.values())
     assert scores[best] == max(scores.values())
     assert scores["protonet"] == scores["plain_vit"], "a model and its own backbone score the same"
+
+
+def test_bf16_autocast_finetuning_keeps_fp32_weights(episode):
+    support, labels = episode["support_pixel_values"], episode["support_labels"]
+    task = finetune_on_support(tiny(), support, labels, "full", 1e-3, steps=2, autocast=torch.bfloat16)
+    assert {p.dtype for p in task.backbone.parameters()} == {torch.float32}
+    assert task(support).dtype == torch.float32 and torch.isfinite(task(support)).all()
