@@ -79,6 +79,11 @@ def test_lora_trains_only_the_adapter_and_reloads_to_identical_logits(episode, t
     assert not any(base_moved), "the base weights are untouched"
     assert {n.split(".")[-2] for n, _ in task.backbone.named_modules() if n.endswith("lora_A")} <= {"q_proj", "v_proj"}
 
+    exported = task.to_image_classifier()  # the adapter folded into a plain ViTForImageClassification
+    with torch.no_grad():
+        assert torch.equal(exported(pixel_values=query).logits.argmax(-1), task(query).argmax(-1))
+    assert isinstance(task.backbone, PeftModel), "exporting leaves the task's adapter in place"
+
     task.backbone.save_pretrained(tmp_path / "adapter")
     assert (tmp_path / "adapter" / "adapter_model.safetensors").is_file()
     reloaded = PeftModel.from_pretrained(tiny().backbone, tmp_path / "adapter").eval()

@@ -1,18 +1,22 @@
 """The recipes end to end on a minimal budget: pretrain → meta-tune → results table; configs; argument parsing."""
 
 import json
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
-from transformers import AutoModel
+import torch
+from transformers import AutoConfig, AutoModel, ViTConfig, pipeline
 
-from hf_fewshot import FewShotTrainingArguments
+from hf_fewshot import FewShotTrainingArguments, SmatModel, load_domain
 from hf_fewshot.training.cli import parse_recipe_arguments
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 sys.path.insert(0, str(RECIPES))
 
+import adapt  # noqa: E402
+import evaluate  # noqa: E402
 import meta_tune  # noqa: E402
 import pretrain  # noqa: E402
 
@@ -74,3 +78,63 @@ def test_recipe_arguments_reject_unknown_names(tmp_path):
         parse_recipe_arguments((meta_tune.MetaTuneArguments, FewShotTrainingArguments), {}, [str(config)])
     with pytest.raises(ValueError, match="method must be one of"):
         parse_recipe_arguments((meta_tune.MetaTuneArguments, FewShotTrainingArguments), {}, ["--method", "maml"])
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory) -> Path:
+    """Three emoji classes, four images each, as a user's `{class_name}/*.png` folder."""
+    folder = tmp_path_factory.mktemp("my_images")
+    emoji = load_domain("minimeta", "emoji", "test")
+    labels = emoji["label"]
+    for label in sorted(set(labels))[:3]:
+        rows = [i for i, value in enumerate(labels) if value == label][:4]
+        (folder / f"class_{label}").mkdir()
+        for row in rows:
+            emoji[row]["image"].save(folder / f"class_{label}" / f"{row}.png")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny_smat_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
+                       image_size=16, patch_size=4, initializer_range=0.2)  # fmt: skip
+    folder = tmp_path_factory.mktemp("smat")
+    SmatModel.from_backbone(config, num_experts=2).save_pretrained(folder)
+    return folder
+
+
+def test_adapt_exports_a_pipeline_ready_classifier_and_a_lora_adapter(tmp_path, image_folder, tiny_smat_folder):
+    output = adapt.main(
+        ["--images", str(image_folder), "--model", str(tiny_smat_folder), "--learning_rate", "1e-3",
+         "--steps", "3", "--output_dir", str(tmp_path)]
+    )  # fmt: skip
+    assert (output / "adapter" / "adapter_config.json").is_file()
+    classifier = pipeline("image-classification", model=str(output / "classifier"))
+    image = next(image_folder.glob("class_*/*.png"))
+    predictions = classifier(str(image), top_k=3)
+    assert {p["label"] for p in predictions} == {d.name for d in image_folder.iterdir()}
+
+    config = AutoConfig.from_pretrained(output / "classifier")
+    assert config.architectures == ["ViTForImageClassification"] and config.num_labels == 3
+
+
+def test_adapt_explains_unusable_image_folders(tmp_path, image_folder, tiny_smat_folder):
+    single = tmp_path / "single"
+    shutil.copytree(next(image_folder.iterdir()), single / "only_class")
+    with pytest.raises(ValueError, match="at least 2"):
+        adapt.main(["--images", str(single), "--model", str(tiny_smat_folder), "--learning_rate", "0"])
+    broken = tmp_path / "broken"
+    shutil.copytree(image_folder, broken)
+    next(broken.glob("class_*/*.png")).write_bytes(b"not a png")
+    with pytest.raises(ValueError, match="Cannot decode"):
+        adapt.main(["--images", str(broken), "--model", str(tiny_smat_folder), "--learning_rate", "0"])
+
+
+def test_evaluate_puts_a_backbone_and_a_fewshot_model_in_one_table(tmp_path, pretrained_backbone, tiny_smat_folder):
+    table = evaluate.main(
+        ["--models", str(pretrained_backbone), "--domains", "digits", "--num_episodes", "2", "--max_ways", "5",
+         "--output", str(tmp_path / "table.md")]
+    )  # fmt: skip
+    assert f"| domain | split | {pretrained_backbone} |" in table and "| digits | OOD |" in table
+    assert json.loads((tmp_path / "table.json").read_text())[str(pretrained_backbone)]["digits_accuracy"] >= 0

@@ -212,25 +212,26 @@ class FewShotTask:
         Its logits are `scale · p̂_c · f(x)`: the cosine logits times |f(x)|, which leaves the argmax unchanged,
         so `pipeline("image-classification")` returns the few-shot prediction with no custom code.
         """
-        if self.backbone.config.model_type != "vit":
+        backbone = self.backbone
+        if hasattr(backbone, "merge_and_unload"):  # a PEFT-wrapped backbone (LoRA fine-tuning): fold the adapter in
+            backbone = copy.deepcopy(backbone).merge_and_unload()
+        if backbone.config.model_type != "vit":
             raise ValueError(
-                f"Only ViT backbones export to ViTForImageClassification, not {self.backbone.config.model_type!r}."
+                f"Only ViT backbones export to ViTForImageClassification, not {backbone.config.model_type!r}."
             )
         id2label = id2label or {k: f"class_{k}" for k in range(self.n_way)}
         if sorted(int(k) for k in id2label) != list(range(self.n_way)):
             raise ValueError(f"id2label must name the classes 0..{self.n_way - 1}, got keys {sorted(id2label)}.")
-        config = copy.deepcopy(self.backbone.config)
+        config = copy.deepcopy(backbone.config)
         config.image_size = list(self.image_size) if self.image_size[0] != self.image_size[1] else self.image_size[0]
         config.id2label = {int(k): str(v) for k, v in id2label.items()}
         config.label2id = {v: k for k, v in config.id2label.items()}
         config.architectures = ["ViTForImageClassification"]
         classifier = ViTForImageClassification(config).eval()
-        state = self.backbone.state_dict()
+        state = backbone.state_dict()
         # Bake the position embeddings for the task's image size into the export.
         dummy = torch.zeros(1, 1 + classifier.vit.embeddings.patch_embeddings.num_patches, config.hidden_size)
-        state["embeddings.position_embeddings"] = self.backbone.embeddings.interpolate_pos_encoding(
-            dummy, *self.image_size
-        )
+        state["embeddings.position_embeddings"] = backbone.embeddings.interpolate_pos_encoding(dummy, *self.image_size)
         classifier.vit.load_state_dict(state)
         classifier.classifier.weight.copy_(self.scale * F.normalize(self.prototypes, dim=-1))
         classifier.classifier.bias.fill_(self.scale * self.bias)
