@@ -12,8 +12,10 @@ setup(
     long_description_content_type="text/markdown",
     license="Apache-2.0",
     python_requires=">=3.10",
-    packages=find_packages(include=["hf_fewshot", "hf_fewshot.*"]),
-    package_data={"hf_fewshot.data": ["minimeta_data/*", "minimeta_data/*/*"]},
+    packages=[*find_packages(include=["hf_fewshot", "hf_fewshot.*"]), "hf_fewshot.model_cards"],
+    # The card templates live in the top-level model_cards/ folder and install as hf_fewshot.model_cards.
+    package_dir={"hf_fewshot.model_cards": "model_cards"},
+    package_data={"hf_fewshot.data": ["minimeta_data/*", "minimeta_data/*/*"], "hf_fewshot.model_cards": ["*.md"]},
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",

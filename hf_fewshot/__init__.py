@@ -1,5 +1,6 @@
 """hf-fewshot: few-shot image classification on the Hugging Face stack (SMAT, P>M>F, flat SAM backbones)."""
 
+from hf_fewshot.adaptation import finetune_on_support
 from hf_fewshot.data import EpisodeCollator, EpisodeSampler, load_domain
 from hf_fewshot.evaluation import evaluate_episodes
 from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
@@ -18,5 +19,6 @@ __all__ = [
     "SmatConfig",
     "SmatModel",
     "evaluate_episodes",
+    "finetune_on_support",
     "load_domain",
 ]
