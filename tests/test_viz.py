@@ -1,0 +1,60 @@
+"""Plots: per-domain accuracy bars, SMAT expert density per layer type, expert mask overlap."""
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import ViTConfig
+
+from hf_fewshot import SmatModel
+from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults
+from hf_fewshot.viz import (
+    expert_density_by_layer_type,
+    expert_mask_overlap,
+    layer_type,
+    plot_domain_accuracy,
+    plot_expert_density,
+    plot_expert_overlap,
+)
+
+TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16,
+                patch_size=4)  # fmt: skip
+
+
+def smat_with_known_gates() -> SmatModel:
+    """Expert 0 opens every gate, expert 1 only the MLP's: densities and overlap are known exactly."""
+    torch.manual_seed(0)
+    model = SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2)
+    with torch.no_grad():
+        model.gate_logits.fill_(-10.0)
+        model.gate_logits[0] = 10.0
+        start = 0
+        for name, size in zip(model.masked_parameter_names, model.masked_sizes, strict=True):
+            if layer_type(name).startswith("mlp"):
+                model.gate_logits[1, start : start + size] = 10.0
+            start += size
+    return model
+
+
+def is_png(path) -> bool:
+    with Image.open(path) as image:
+        return image.format == "PNG" and image.size[0] > 100
+
+
+def test_density_and_overlap_of_known_masks(tmp_path):
+    model = smat_with_known_gates()
+    density = expert_density_by_layer_type(model)
+    assert density["mlp fc1"].tolist() == [1.0, 1.0] and density["attention q"].tolist() == [1.0, 0.0]
+    assert set(density) >= {"attention q", "attention k", "attention v", "attention out", "layer norms", "embeddings"}
+    overlap = expert_mask_overlap(model)
+    mlp = sum(s for n, s in zip(model.masked_parameter_names, model.masked_sizes, strict=True) if "mlp." in n)
+    assert np.allclose(np.diag(overlap), 1.0) and np.allclose(overlap, overlap.T)
+    assert np.isclose(overlap[0, 1], mlp / sum(model.masked_sizes))
+    assert is_png(plot_expert_density(model, tmp_path / "density.png"))
+    assert is_png(plot_expert_overlap(model, tmp_path / "overlap.png"))
+
+
+def test_domain_accuracy_plot(tmp_path):
+    results = EvaluationResults(
+        (DomainAccuracy("glyphs", 60.0, 2.0, 600, True), DomainAccuracy("digits", 50, 1, 600, False))
+    )
+    assert is_png(plot_domain_accuracy({"backbone": results, "smat": results}, tmp_path / "plots" / "accuracy.png"))
