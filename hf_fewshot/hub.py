@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import importlib.resources
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import datasets
-from huggingface_hub import EvalResult, ModelCard, ModelCardData
+from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from torch import nn
 
 from hf_fewshot.evaluation import EvaluationResults, results_table
@@ -146,11 +147,14 @@ def adapter_card(
     )
 
 
-def push_fewshot_model(model: nn.Module, repo_id: str, card: ModelCard, private: bool = False) -> str:
-    """Push the weights (safetensors + remote code) and the card; returns the repo URL."""
-    model.push_to_hub(repo_id, private=private)
-    card.push_to_hub(repo_id)
-    return f"{repo_id}"
+def push_model_folder(folder: str | Path, repo_id: str, private: bool = False) -> str:
+    """Upload a saved model folder (weights, config, remote code, README card, plots) as one commit; returns the
+    commit URL. The repo is created if needed."""
+    api = HfApi()
+    api.create_repo(repo_id, private=private, exist_ok=True)
+    return api.upload_folder(
+        folder_path=str(folder), repo_id=repo_id, commit_message="Upload few-shot model"
+    ).commit_url
 
 
 def push_domains(
@@ -161,4 +165,4 @@ def push_domains(
         datasets.DatasetDict(dict(splits)).push_to_hub(repo_id, config_name=domain, private=private)
 
 
-__all__ = ["adapter_card", "eval_results", "fewshot_model_card", "push_domains", "push_fewshot_model"]
+__all__ = ["adapter_card", "eval_results", "fewshot_model_card", "push_domains", "push_model_folder"]

@@ -28,8 +28,10 @@ from hf_fewshot import (
 )
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
 from hf_fewshot.evaluation import results_table
+from hf_fewshot.hub import fewshot_model_card, push_model_folder
 from hf_fewshot.training.checkpoints import last_complete_checkpoint, save_pretrained_atomically
 from hf_fewshot.training.cli import parse_recipe_arguments
+from hf_fewshot.viz import plot_domain_accuracy, plot_expert_density, plot_expert_overlap
 
 METHODS = {"smat": SmatModel, "protonet": ProtoNetModel}
 DEFAULT_BACKBONE = str(Path(pretrain.DEFAULTS["output_dir"]) / "backbone")
@@ -55,6 +57,7 @@ class MetaTuneArguments:
         default_factory=lambda: list(DOMAINS), metadata={"help": "Domains of the final table (test splits)."}
     )
     test_episodes: int = field(default=100, metadata={"help": "Test episodes per domain (600 in the papers)."})
+    hub_repo_id: str | None = field(default=None, metadata={"help": "Push the model, its card and plots here."})
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -133,7 +136,38 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     (output_dir / "results.json").write_text(
         json.dumps({name: result.to_dict() for name, result in results.items()}, indent=2) + "\n"
     )
+    write_card(trainer.model, args, training_args, results)
+    if args.hub_repo_id:
+        print(f"Pushed: {push_model_folder(output_dir / 'model', args.hub_repo_id)}")
     return table
+
+
+def write_card(model, args: MetaTuneArguments, training_args: FewShotTrainingArguments, results: dict) -> None:
+    """The model card (results as model-index, training settings) and its plots, in the saved model folder."""
+    folder = Path(training_args.output_dir) / "model"
+    plots = [plot_domain_accuracy(results, folder / "accuracy.png")]
+    if args.method == "smat":
+        plots += [plot_expert_density(model, folder / "expert_density.png")]
+        plots += [plot_expert_overlap(model, folder / "expert_overlap.png")]
+    tasks = training_args.max_steps * training_args.gradient_accumulation_steps * training_args.world_size
+    training = {
+        "meta-training domains": ", ".join(args.train_domains),
+        "tasks": tasks if training_args.max_steps > 0 else f"{training_args.num_train_epochs} epochs",
+        "episodes": f"{training_args.episode_protocol}, {training_args.image_size} px",
+        "learning rate": training_args.learning_rate,
+        "model settings": json.dumps(args.model_config or {}),
+        "SAM ρ": training_args.sam_rho,
+    }
+    card = fewshot_model_card(
+        model,
+        args.hub_repo_id or folder.name,
+        results[args.method],
+        dataset_id=args.data_source,
+        protocol=training_args.episode_protocol,
+        training=training,
+        plots=[plot.name for plot in plots],
+    )
+    card.save(folder / "README.md")
 
 
 def main(argv: list[str] | None = None) -> str:

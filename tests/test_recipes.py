@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from huggingface_hub import ModelCard
 from transformers import AutoConfig, AutoModel, ViTConfig, pipeline
 
 from hf_fewshot import FewShotTrainingArguments, SmatModel, load_domain
@@ -53,6 +54,10 @@ def test_meta_tune_trains_saves_and_prints_the_results_table(tmp_path, pretraine
     assert set(results[method]) >= {"glyphs_accuracy", "glyphs_ci95", "id_accuracy", "ood_accuracy"}
     model = AutoModel.from_pretrained(tmp_path / "model")
     assert isinstance(model, meta_tune.METHODS[method])
+    card = ModelCard.load(tmp_path / "model" / "README.md")
+    assert {r.dataset_config for r in card.data.eval_results} == {"glyphs", "digits"}
+    assert "![accuracy.png](accuracy.png)" in card.text and (tmp_path / "model" / "accuracy.png").is_file()
+    assert (tmp_path / "model" / "expert_density.png").is_file() == (method == "smat")
 
 
 @pytest.mark.parametrize(
