@@ -1,16 +1,25 @@
-"""Model cards: YAML front matter with `model-index` results, the papers, usage and training settings."""
+"""Model cards (YAML front matter with `model-index` results, papers, usage, settings) and Hub round trips of models,
+cards, plots, adapters and datasets against the local test Hub of `hub_server.py`."""
 
 import re
+import sys
+from pathlib import Path
 
+import hub_server
 import pytest
 import torch
 import yaml
-from huggingface_hub import ModelCard
-from transformers import ViTConfig
+from huggingface_hub import HfApi, ModelCard
+from peft import PeftModel
+from transformers import AutoModel, ViTConfig, pipeline
 
-from hf_fewshot import ProtoNetModel, SmatModel
+from hf_fewshot import ProtoNetModel, SmatModel, load_domain
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults
-from hf_fewshot.hub import adapter_card, fewshot_model_card
+from hf_fewshot.hub import adapter_card, fewshot_model_card, push_domains, push_model_folder
+from hf_fewshot.models import load_fewshot_model
+from hf_fewshot.viz import plot_domain_accuracy
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
 TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16,
                 patch_size=4)  # fmt: skip
@@ -62,3 +71,71 @@ def test_adapter_card_lists_the_classes_and_how_to_load_it():
     meta = front_matter(card)
     assert meta["library_name"] == "peft" and meta["base_model"] == "facebook/dino-vits16"
     assert "cat, dog" in str(card) and 'PeftModel.from_pretrained(backbone, "me/task-lora")' in str(card)
+
+
+# ------------------------------------------------------------------------------- round trips (local test Hub)
+@pytest.fixture
+def hub(tmp_path):
+    """A Hub-compatible server on 127.0.0.1 with the clients pointed at it (tests/hub_server.py)."""
+    with hub_server.hub(tmp_path / "hub") as server:
+        yield server
+
+
+def test_model_card_and_plots_round_trip_through_the_hub(hub, tmp_path):
+    torch.manual_seed(0)
+    model = SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2)
+    with torch.no_grad():
+        model.delta.normal_(std=0.01)
+    folder = tmp_path / "model"
+    model.save_pretrained(folder)
+    fewshot_model_card(model, "user/smat-tiny", RESULTS, plots=["accuracy.png"]).save(folder / "README.md")
+    plot_domain_accuracy({"smat": RESULTS}, folder / "accuracy.png")
+    push_model_folder(folder, "user/smat-tiny")
+
+    loaded = AutoModel.from_pretrained("user/smat-tiny")
+    assert isinstance(loaded, SmatModel)
+    for (name, expected), actual in zip(model.state_dict().items(), loaded.state_dict().values(), strict=True):
+        assert torch.equal(expected, actual), name
+    card = ModelCard.load("user/smat-tiny")
+    assert [r.metric_value for r in card.data.eval_results] == [61.13, 33.19, 54.8]
+    assert {"README.md", "accuracy.png", "modeling_smat.py"} <= {
+        s.rfilename for s in HfApi().model_info("user/smat-tiny").siblings
+    }
+
+
+def test_domains_push_and_load_through_the_hub(hub):
+    glyphs = load_domain("minimeta", "glyphs", "validation").select(range(24))
+    push_domains({"glyphs": {"validation": glyphs}}, "user/minimeta")
+    pulled = load_domain("user/minimeta", "glyphs", "validation")
+    assert pulled["label"] == glyphs["label"] and pulled["class_name"] == glyphs["class_name"]
+    with pytest.raises(ValueError, match="neither a local folder nor a reachable Hub dataset"):
+        load_domain("user/does-not-exist", "glyphs", "validation")
+
+
+def test_a_missing_model_repo_is_a_clear_error(hub):
+    with pytest.raises(OSError, match="user/no-such-model"):
+        load_fewshot_model("user/no-such-model")
+
+
+def test_adapt_pushes_a_pipeline_classifier_and_its_adapter(hub, tmp_path):
+    import adapt
+
+    images = tmp_path / "images"
+    emoji = load_domain("minimeta", "emoji", "test")
+    labels = emoji["label"]
+    for label in sorted(set(labels))[:2]:  # two classes, three images each
+        (images / str(label)).mkdir(parents=True)
+        for row in [i for i, value in enumerate(labels) if value == label][:3]:
+            emoji[row]["image"].save(images / str(label) / f"{row}.png")
+    torch.manual_seed(0)
+    SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2).save_pretrained(tmp_path / "smat")
+    argv = ["--images", str(images), "--model", str(tmp_path / "smat"), "--learning_rate", "1e-3", "--steps", "2",
+            "--output_dir", str(tmp_path / "adapted"), "--hub_repo_id", "user/my-classifier"]  # fmt: skip
+    adapt.main(argv)
+    classifier = pipeline("image-classification", model="user/my-classifier")
+    assert {p["label"] for p in classifier(str(next(images.glob("*/*.png"))), top_k=2)} == {
+        d.name for d in images.iterdir()
+    }
+    base = SmatModel.from_pretrained(tmp_path / "smat").backbone
+    adapter = PeftModel.from_pretrained(base, "user/my-classifier-lora")
+    assert any("lora_" in name for name, _ in adapter.named_parameters())
