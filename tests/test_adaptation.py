@@ -65,8 +65,10 @@ def test_full_finetuning_moves_a_copy_of_the_backbone_and_fits_the_support_set(e
 def test_lora_trains_only_the_adapter_and_reloads_to_identical_logits(episode, tmp_path):
     model = tiny()
     support, labels, query = episode["support_pixel_values"], episode["support_labels"], episode["query_pixel_values"]
+    untuned = finetune_on_support(model, support, labels, "lora", learning_rate=0.0)
     task = finetune_on_support(model, support, labels, "lora", learning_rate=1e-3, steps=20)
     assert isinstance(task.backbone, PeftModel)
+    assert accuracy(task, support, labels) > accuracy(untuned, support, labels)
     base = snapshot(model.backbone)
     lora_moved, base_moved = [], []
     for name, tensor in task.backbone.state_dict().items():
@@ -167,3 +169,13 @@ def test_bf16_autocast_finetuning_keeps_fp32_weights(episode):
     task = finetune_on_support(tiny(), support, labels, "full", 1e-3, steps=2, autocast=torch.bfloat16)
     assert {p.dtype for p in task.backbone.parameters()} == {torch.float32}
     assert task(support).dtype == torch.float32 and torch.isfinite(task(support)).all()
+
+
+def test_a_plain_hf_backbone_is_finetuned_with_a_cosine_head(episode):
+    backbone = tiny().backbone  # a ViTModel, no few-shot wrapper
+    before = snapshot(backbone)
+    support, labels = episode["support_pixel_values"], episode["support_labels"]
+    task = finetune_on_support(backbone, support, labels, "full", learning_rate=1e-3, steps=3)
+    assert (task.scale, task.bias) == (10.0, 0.0) and task.n_way == 5
+    assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items()), "the backbone is not touched"
+    assert not torch.equal(task.backbone.state_dict()["embeddings.cls_token"], before["embeddings.cls_token"])

@@ -5,13 +5,14 @@ import re
 import sys
 from pathlib import Path
 
+import datasets
 import hub_server
 import pytest
 import torch
 import yaml
 from huggingface_hub import HfApi, ModelCard
 from peft import PeftModel
-from transformers import AutoModel, ViTConfig, pipeline
+from transformers import AutoConfig, AutoModel, ViTConfig, pipeline
 
 from hf_fewshot import ProtoNetModel, SmatModel, load_domain
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults
@@ -136,6 +137,15 @@ def test_adapt_pushes_a_pipeline_classifier_and_its_adapter(hub, tmp_path):
     assert {p["label"] for p in classifier(str(next(images.glob("*/*.png"))), top_k=2)} == {
         d.name for d in images.iterdir()
     }
+    # The same images as a Hub dataset (image + label columns) instead of a folder.
+    files = sorted(images.glob("*/*.png"))
+    rows = {"image": [str(path) for path in files], "label": [int(path.parent.name) for path in files]}
+    datasets.Dataset.from_dict(rows).cast_column("image", datasets.Image()).push_to_hub("user/my-images")
+    argv = ["--images", "user/my-images", "--model", str(tmp_path / "smat"), "--learning_rate", "0",
+            "--output_dir", str(tmp_path / "from-hub")]  # fmt: skip
+    adapt.main(argv)
+    assert AutoConfig.from_pretrained(tmp_path / "from-hub" / "classifier").num_labels == 2
+
     base = SmatModel.from_pretrained(tmp_path / "smat").backbone
     adapter = PeftModel.from_pretrained(base, "user/my-classifier-lora")
     assert any("lora_" in name for name, _ in adapter.named_parameters())
