@@ -11,6 +11,7 @@ import datasets  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
+from transformers import ViTConfig  # noqa: E402
 
 from hf_fewshot.data.schema import domain_features  # noqa: E402
 
@@ -43,3 +44,22 @@ def make_split(
             rows["superclass"].append(-1 if superclasses is None else superclasses[label])
             rows["domain"].append(domain)
     return datasets.Dataset.from_dict(rows, features=domain_features())
+
+
+def tiny_vit_config(**changes) -> ViTConfig:
+    """A 16-px ViT small enough for unit tests.
+
+    Its weights start with std 0.2 instead of 0.02: a random ViT at 0.02 has a CLS feature that barely depends on
+    the image (the residual stream is the CLS embedding), so a cosine head sees one point and nothing can learn; at
+    0.2 the features depend on the image, as a pre-trained backbone's do.
+    """
+    defaults = dict(
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        image_size=16,
+        patch_size=4,
+        initializer_range=0.2,
+    )
+    return ViTConfig(**{**defaults, **changes})

@@ -2,8 +2,8 @@
 
 import pytest
 import torch
+from conftest import tiny_vit_config
 from peft import PeftModel
-from transformers import ViTConfig
 
 from hf_fewshot import EpisodeCollator, EpisodeSampler, ProtoNetModel, SmatModel, load_domain
 from hf_fewshot.adaptation import (
@@ -15,21 +15,10 @@ from hf_fewshot.adaptation import (
 )
 from hf_fewshot.data import EvalTransform
 
-# std 0.2 so that the random backbone's features depend on the image (see test_episodic_trainer.TINY_VIT).
-TINY_VIT = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    image_size=16,
-    patch_size=4,
-    initializer_range=0.2,
-)
-
 
 def tiny(model_class=ProtoNetModel, **kwargs):
     torch.manual_seed(0)
-    return model_class.from_backbone(ViTConfig(**TINY_VIT), **kwargs)
+    return model_class.from_backbone(tiny_vit_config(), **kwargs)
 
 
 @pytest.fixture(scope="module")
@@ -156,7 +145,7 @@ def test_leave_one_out_holds_each_image_out_of_its_own_centroid():
 
 def test_select_backbone_returns_the_best_scoring_backbone(episode):
     torch.manual_seed(1)
-    other = ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+    other = ProtoNetModel.from_backbone(tiny_vit_config())
     pool = {"protonet": tiny(), "plain_vit": tiny().backbone, "other": other}
     best, scores = select_backbone(pool, episode["support_pixel_values"], episode["support_labels"])
     assert set(scores) == set(pool) and all(0.0 <= s <= 1.0 for s in scores.values())

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from transformers import ViTConfig
+from conftest import tiny_vit_config
 
 from hf_fewshot import EpisodicTrainer, FewShotTrainingArguments, ProtoNetModel, SmatModel, load_domain
 from hf_fewshot.data.metadataset import column_as_numpy
@@ -17,23 +17,10 @@ from hf_fewshot.evaluation import evaluate_episodes, mean_and_ci95
 from hf_fewshot.training import ChainedOptimizer, smat_optimizer
 from hf_fewshot.training.checkpoints import last_complete_checkpoint
 
-# A random ViT initialised with the usual std 0.02 has a CLS feature that barely depends on the image (the
-# residual stream is the CLS embedding), so a cosine head sees one point and nothing learns; std 0.2 gives the
-# tiny random backbone image-dependent features to meta-train, as a pre-trained one has.
-TINY_VIT = dict(
-    hidden_size=32,
-    num_hidden_layers=2,
-    num_attention_heads=2,
-    intermediate_size=64,
-    image_size=16,
-    patch_size=4,
-    initializer_range=0.2,
-)
-
 
 def tiny_smat(**kwargs) -> SmatModel:
     torch.manual_seed(0)
-    return SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2, sparsity_target=0.5, **kwargs)
+    return SmatModel.from_backbone(tiny_vit_config(), num_experts=2, sparsity_target=0.5, **kwargs)
 
 
 def first_classes(split, count: int):
@@ -178,7 +165,7 @@ def test_best_checkpoint_is_loaded_at_the_end_backbone_included(tmp_path, glyphs
     # P>M>F trains its backbone, whose tensors are stored under legacy ViT names: the Trainer's own reload
     # would skip them (see SAMTrainer._load_weights_like_from_pretrained).
     torch.manual_seed(0)
-    model = ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+    model = ProtoNetModel.from_backbone(tiny_vit_config())
     args = training_arguments(
         tmp_path,
         max_steps=6,
@@ -252,7 +239,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, glyphs):
 
 def test_protonet_meta_training_uses_sgd_over_backbone_and_head(tmp_path, glyphs):
     torch.manual_seed(0)
-    model = ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+    model = ProtoNetModel.from_backbone(tiny_vit_config())
     before = {name: p.detach().clone() for name, p in model.named_parameters()}
     trainer = EpisodicTrainer(model, training_arguments(tmp_path, learning_rate=0.05), train_dataset=glyphs["train"])
     trainer.train()

@@ -2,13 +2,11 @@
 
 import pytest
 import torch
-from transformers import ViTConfig
+from conftest import tiny_vit_config
 
 from hf_fewshot import ProtoNetModel, evaluate_episodes, load_domain
 from hf_fewshot.evaluation import results_table
 
-TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16,
-                patch_size=4, initializer_range=0.2)  # fmt: skip
 SETTINGS = dict(protocol="fixed", n_way=5, n_shot=2, n_query=2, image_size=16, progress=False)
 
 
@@ -20,7 +18,7 @@ def domains():
 @pytest.fixture(scope="module")
 def model():
     torch.manual_seed(0)
-    return ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+    return ProtoNetModel.from_backbone(tiny_vit_config(num_hidden_layers=1))
 
 
 def test_a_fixed_seed_gives_the_same_results_and_another_seed_other_episodes(model, domains):

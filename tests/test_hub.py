@@ -10,9 +10,10 @@ import hub_server
 import pytest
 import torch
 import yaml
+from conftest import tiny_vit_config
 from huggingface_hub import HfApi, ModelCard
 from peft import PeftModel
-from transformers import AutoConfig, AutoModel, ViTConfig, pipeline
+from transformers import AutoConfig, AutoModel, pipeline
 
 from hf_fewshot import ProtoNetModel, SmatModel, load_domain
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults
@@ -22,8 +23,6 @@ from hf_fewshot.viz import plot_domain_accuracy
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
-TINY_VIT = dict(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64, image_size=16,
-                patch_size=4)  # fmt: skip
 RESULTS = EvaluationResults(
     (
         DomainAccuracy("glyphs", 61.13, 2.57, 600, True),
@@ -41,7 +40,7 @@ def front_matter(card: ModelCard) -> dict:
 
 def test_smat_card_holds_the_results_as_model_index(tmp_path):
     torch.manual_seed(0)
-    model = SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2)
+    model = SmatModel.from_backbone(tiny_vit_config(num_hidden_layers=1), num_experts=2)
     card = fewshot_model_card(model, "me/smat-minimeta", RESULTS, training={"tasks": 800, "learning_rate": 0.01})
     meta = front_matter(card)
     (index,) = meta["model-index"]
@@ -58,7 +57,7 @@ def test_smat_card_holds_the_results_as_model_index(tmp_path):
 
 
 def test_protonet_card_without_results_says_so():
-    model = ProtoNetModel.from_backbone(ViTConfig(**TINY_VIT))
+    model = ProtoNetModel.from_backbone(tiny_vit_config(num_hidden_layers=1))
     card = fewshot_model_card(model, "me/pmf")
     assert "model-index" not in front_matter(card) and "Not evaluated yet." in str(card)
     assert "P>M>F" in str(card) and "Not meta-tuned" in str(card)
@@ -84,7 +83,7 @@ def hub(tmp_path):
 
 def test_model_card_and_plots_round_trip_through_the_hub(hub, tmp_path):
     torch.manual_seed(0)
-    model = SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2)
+    model = SmatModel.from_backbone(tiny_vit_config(num_hidden_layers=1), num_experts=2)
     with torch.no_grad():
         model.delta.normal_(std=0.01)
     folder = tmp_path / "model"
@@ -129,7 +128,7 @@ def test_adapt_pushes_a_pipeline_classifier_and_its_adapter(hub, tmp_path):
         for row in [i for i, value in enumerate(labels) if value == label][:3]:
             emoji[row]["image"].save(images / str(label) / f"{row}.png")
     torch.manual_seed(0)
-    SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2).save_pretrained(tmp_path / "smat")
+    SmatModel.from_backbone(tiny_vit_config(num_hidden_layers=1), num_experts=2).save_pretrained(tmp_path / "smat")
     argv = ["--images", str(images), "--model", str(tmp_path / "smat"), "--learning_rate", "1e-3", "--steps", "2",
             "--output_dir", str(tmp_path / "adapted"), "--hub_repo_id", "user/my-classifier"]  # fmt: skip
     adapt.main(argv)

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_vit_config
 from huggingface_hub import ModelCard
-from transformers import AutoConfig, AutoModel, ViTConfig, pipeline
+from transformers import AutoConfig, AutoModel, pipeline
 
 from hf_fewshot import FewShotTrainingArguments, SmatModel, load_domain
 from hf_fewshot.training.cli import parse_recipe_arguments
@@ -102,8 +103,7 @@ def image_folder(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def tiny_smat_folder(tmp_path_factory) -> Path:
     torch.manual_seed(0)
-    config = ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64,
-                       image_size=16, patch_size=4, initializer_range=0.2)  # fmt: skip
+    config = tiny_vit_config(num_hidden_layers=1)
     folder = tmp_path_factory.mktemp("smat")
     SmatModel.from_backbone(config, num_experts=2).save_pretrained(folder)
     return folder

@@ -2,8 +2,8 @@
 
 import numpy as np
 import torch
+from conftest import tiny_vit_config
 from PIL import Image
-from transformers import ViTConfig
 
 from hf_fewshot import SmatModel
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults
@@ -16,14 +16,11 @@ from hf_fewshot.viz import (
     plot_expert_overlap,
 )
 
-TINY_VIT = dict(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, image_size=16,
-                patch_size=4)  # fmt: skip
-
 
 def smat_with_known_gates() -> SmatModel:
     """Expert 0 opens every gate, expert 1 only the MLP's: densities and overlap are known exactly."""
     torch.manual_seed(0)
-    model = SmatModel.from_backbone(ViTConfig(**TINY_VIT), num_experts=2)
+    model = SmatModel.from_backbone(tiny_vit_config(), num_experts=2)
     with torch.no_grad():
         model.gate_logits.fill_(-10.0)
         model.gate_logits[0] = 10.0
