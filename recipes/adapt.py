@@ -18,9 +18,10 @@ import torch
 from transformers import BitImageProcessor
 from transformers.image_utils import PILImageResampling
 
-from hf_fewshot.adaptation import finetune_on_support
+from hf_fewshot.adaptation import choose_learning_rate, finetune_on_support
 from hf_fewshot.data.episodes import decode_image
 from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from hf_fewshot.hub import adapter_card, push_model_folder
 from hf_fewshot.models import load_fewshot_model
 from hf_fewshot.training.cli import parse_recipe_arguments
 
@@ -66,8 +67,11 @@ def run(args: AdaptArguments) -> Path:
     images, labels, id2label = labelled_images(args.images, args.split)
     size = args.image_size or model.config.backbone_config.image_size
     support = EvalTransform(size)(images)
-    learning_rate = "auto" if args.learning_rate is None else args.learning_rate
-    task = finetune_on_support(model, support, labels, args.mode, learning_rate, args.steps)
+    task_learning_rate = args.learning_rate
+    if task_learning_rate is None:
+        task_learning_rate = choose_learning_rate(model, support, labels, args.mode, args.steps)
+        print(f"Learning rate chosen on the images themselves: {task_learning_rate}")
+    task = finetune_on_support(model, support, labels, args.mode, task_learning_rate, args.steps)
     output = Path(args.output_dir)
     classifier = task.to_image_classifier(id2label)
     # The processor repeats EvalTransform: shorter side to size·146/128, centre crop, ImageNet statistics.
@@ -82,13 +86,21 @@ def run(args: AdaptArguments) -> Path:
     processor.save_pretrained(output / "classifier")
     if args.mode == "lora":
         task.backbone.save_pretrained(output / "adapter")
+        adapter_card(
+            f"{args.hub_repo_id}-lora" if args.hub_repo_id else "adapter",
+            args.model,
+            model.config.backbone_name_or_path or args.model,
+            id2label,
+            learning_rate=task_learning_rate,
+            steps=args.steps,
+            support_size=len(images),
+        ).save(output / "adapter" / "README.md")
     accuracy = (task(support).argmax(-1) == labels).float().mean().item()
     print(f"{len(images)} images, {len(id2label)} classes; support accuracy {100 * accuracy:.1f}%; saved to {output}")
     if args.hub_repo_id:
-        classifier.push_to_hub(args.hub_repo_id)
-        processor.push_to_hub(args.hub_repo_id)
+        push_model_folder(output / "classifier", args.hub_repo_id)
         if args.mode == "lora":
-            task.backbone.push_to_hub(f"{args.hub_repo_id}-lora")
+            push_model_folder(output / "adapter", f"{args.hub_repo_id}-lora")
         print(f"Pushed to {args.hub_repo_id}" + (f" and {args.hub_repo_id}-lora" if args.mode == "lora" else ""))
     return output
 

@@ -148,3 +148,5 @@ def test_adapt_pushes_a_pipeline_classifier_and_its_adapter(hub, tmp_path):
     base = SmatModel.from_pretrained(tmp_path / "smat").backbone
     adapter = PeftModel.from_pretrained(base, "user/my-classifier-lora")
     assert any("lora_" in name for name, _ in adapter.named_parameters())
+    card = ModelCard.load("user/my-classifier-lora")
+    assert card.data.library_name == "peft" and "PeftModel.from_pretrained" in card.text
