@@ -3,6 +3,7 @@ with SAM (or ERM), optionally starting from another backbone, and keep the backb
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Mapping
 
 import datasets
@@ -82,4 +83,9 @@ def pretrain_backbone(
         model = AutoModelForImageClassification.from_pretrained(backbone, ignore_mismatched_sizes=True, **labels)
     trainer = SAMTrainer(model=model, args=args, train_dataset=dataset, callbacks=callbacks)
     trainer.train(resume_from_checkpoint=resume_from_checkpoint)
-    return model.base_model
+    backbone = model.base_model
+    # The classifier's class names are not the backbone's: a fresh default label set keeps every config that
+    # nests this backbone (SMAT, ProtoNet) small.
+    backbone.config = copy.deepcopy(backbone.config)
+    backbone.config.num_labels = 2
+    return backbone
