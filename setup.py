@@ -34,6 +34,8 @@ setup(
     extras_require={
         # Rebuilding MiniMeta from its source packages (the prebuilt copy ships with the package).
         "minimeta": ["fonttools>=4.40", "scikit-learn>=1.3"],
-        "dev": ["pytest>=8.0", "ruff>=0.6", "fonttools>=4.40", "scikit-learn>=1.3"],
+        # Converting the official Meta-Dataset TFRecords (CRC-32C checksums of every record).
+        "metadataset": ["google-crc32c>=1.5"],
+        "dev": ["pytest>=8.0", "ruff>=0.6", "fonttools>=4.40", "scikit-learn>=1.3", "google-crc32c>=1.5"],
     },
 )
