@@ -1,0 +1,120 @@
+"""Converting the official Meta-Dataset release (TFRecords + `dataset_spec.json` per domain) into `datasets`.
+
+This module reads the specification; `tfrecord.py` reads the records. The spec comes in three kinds
+(google-research/meta-dataset, `data/dataset_spec.py`), all with one `{class id}.tfrecords` file per class and
+class ids contiguous in the order train, validation, test:
+- `DatasetSpecification`: `classes_per_split` counts (keys `"TRAIN"`, `"VALID"`, `"TEST"`), `class_names`.
+- `BiLevelDatasetSpecification` (Omniglot): `superclasses_per_split`, `classes_per_superclass`, `superclass_names`;
+  superclass s owns the next `classes_per_superclass[s]` class ids.
+- `HierarchicalDatasetSpecification` (ImageNet): `split_subgraphs[split]`, a list of WordNet nodes
+  `{wn_id, children_ids, ...}`; its leaves are the split's classes (`class_names` maps id → wn_id).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from hf_fewshot.data.schema import NO_SUPERCLASS
+
+SPEC_SPLITS = {"TRAIN": "train", "VALID": "validation", "TEST": "test"}
+
+
+@dataclass(frozen=True)
+class MetaDatasetSpec:
+    """One domain's classes: ids per split, names, superclass of each class, and per-split WordNet hierarchies
+    (node → children, leaves replaced by class ids) for hierarchical domains."""
+
+    name: str
+    split_classes: dict[str, list[int]]
+    class_names: dict[int, str]
+    class_superclass: dict[int, int]
+    superclass_names: dict[int, str]
+    hierarchies: dict[str, dict[str, list]]
+    file_pattern: str = "{}.tfrecords"
+
+    @classmethod
+    def from_json(cls, path: str | Path) -> MetaDatasetSpec:
+        """Read a `dataset_spec.json` written by the official converter; errors name what is missing."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No dataset_spec.json at {path}: point to a domain folder of the official records."
+            )
+        spec = json.loads(path.read_text())
+        kind = spec.get("__class__")
+        readers = {
+            "DatasetSpecification": _flat,
+            "BiLevelDatasetSpecification": _bilevel,
+            "HierarchicalDatasetSpecification": _hierarchical,
+        }
+        if kind not in readers:
+            raise ValueError(f"{path}: unknown spec type {kind!r}; expected one of {sorted(readers)}.")
+        try:
+            class_names = {int(k): str(v) for k, v in spec["class_names"].items()}
+            split_classes, superclasses, superclass_names, hierarchies = readers[kind](spec, class_names)
+        except KeyError as missing:
+            raise ValueError(f"{path}: a {kind} needs the key {missing}.") from None
+        return cls(
+            name=spec.get("name", path.parent.name),
+            split_classes=split_classes,
+            class_names=class_names,
+            class_superclass=superclasses,
+            superclass_names=superclass_names,
+            hierarchies=hierarchies,
+            file_pattern=spec.get("file_pattern", "{}.tfrecords"),
+        )
+
+    def superclass_of(self, class_id: int) -> int:
+        return self.class_superclass.get(class_id, NO_SUPERCLASS)
+
+
+def _contiguous(counts: dict[str, int]) -> dict[str, list[int]]:
+    """Class ids per split from counts in the order train, validation, test."""
+    split_classes, start = {}, 0
+    for key, split in SPEC_SPLITS.items():
+        count = int(counts.get(key, 0))
+        split_classes[split] = list(range(start, start + count))
+        start += count
+    return split_classes
+
+
+def _flat(spec: dict, class_names: dict[int, str]):
+    return _contiguous(spec["classes_per_split"]), {}, {}, {}
+
+
+def _bilevel(spec: dict, class_names: dict[int, str]):
+    per_superclass = {int(k): int(v) for k, v in spec["classes_per_superclass"].items()}
+    superclass_names = {int(k): str(v) for k, v in spec["superclass_names"].items()}
+    superclass_splits = _contiguous(spec["superclasses_per_split"])
+    class_superclass, split_classes, start = {}, {}, 0
+    for split, superclasses in superclass_splits.items():
+        split_classes[split] = []
+        for superclass in superclasses:
+            ids = range(start, start + per_superclass[superclass])
+            class_superclass.update(dict.fromkeys(ids, superclass))
+            split_classes[split].extend(ids)
+            start += per_superclass[superclass]
+    return split_classes, class_superclass, superclass_names, {}
+
+
+def _hierarchical(spec: dict, class_names: dict[int, str]):
+    ids_of = {wn_id: class_id for class_id, wn_id in class_names.items()}
+    split_classes, hierarchies = {}, {}
+    for key, split in SPEC_SPLITS.items():
+        nodes = spec["split_subgraphs"].get(key, [])
+        leaves = {node["wn_id"] for node in nodes if not node["children_ids"]}
+        unknown = sorted(leaves - ids_of.keys())
+        if unknown:
+            raise ValueError(f"Leaves of the {split} sub-graph have no class id in class_names: {unknown[:5]}.")
+        split_classes[split] = sorted(ids_of[leaf] for leaf in leaves)
+        hierarchies[split] = {
+            node["wn_id"]: [ids_of[child] if child in leaves else child for child in node["children_ids"]]
+            for node in nodes
+            if node["children_ids"]
+        }
+    return split_classes, {}, {}, hierarchies
+
+
+__all__ = ["MetaDatasetSpec", "SPEC_SPLITS"]
