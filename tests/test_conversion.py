@@ -1,12 +1,17 @@
 """Reading the official Meta-Dataset `dataset_spec.json` of each kind (flat, bi-level, hierarchical)."""
 
+import io
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import png_bytes
+from PIL import Image
+from test_tfrecord import example, record
 
-from hf_fewshot import EpisodeSampler
-from hf_fewshot.data.conversion import MetaDatasetSpec
+from hf_fewshot import EpisodeSampler, load_domain
+from hf_fewshot.data.conversion import MetaDatasetSpec, convert_domain
 
 
 def write_spec(tmp_path, spec: dict):
@@ -76,3 +81,79 @@ def test_bad_specs_are_explained(tmp_path):
             "__class__": "HierarchicalDatasetSpecification", "name": "z", "class_names": {"0": "n1"},
             "split_subgraphs": {"TRAIN": [{"wn_id": "n9", "children_ids": []}]},
         }))  # fmt: skip
+
+
+# ------------------------------------------------------------------------------------- records → datasets
+def write_domain(root, spec: dict, images_per_class: int = 4, corrupt: tuple[int, int] | None = None):
+    """The official layout: dataset_spec.json + one `{class}.tfrecords` of PNG examples per class."""
+    folder = write_spec(root, spec).parent
+    for class_id in range(len(spec["class_names"])):
+        blobs = [record(example({"image": [png_bytes(class_id * 100 + k)], "label": [class_id]}))
+                 for k in range(images_per_class)]  # fmt: skip
+        data = b"".join(blobs)
+        if corrupt == (class_id, 1):  # damage the second record's payload
+            data = bytearray(data)
+            data[len(blobs[0]) + 30] ^= 0xFF
+            data = bytes(data)
+        (folder / f"{class_id}.tfrecords").write_bytes(data)
+    return folder
+
+
+FLAT = {"__class__": "DatasetSpecification", "name": "aircraft",
+        "classes_per_split": {"TRAIN": 3, "VALID": 1, "TEST": 2},
+        "class_names": {str(k): f"plane-{k}" for k in range(6)}, "file_pattern": "{}.tfrecords"}  # fmt: skip
+
+
+def test_a_flat_domain_converts_to_parquet_splits_load_domain_reads(tmp_path):
+    records = write_domain(tmp_path / "records", FLAT, corrupt=(1, 1))
+    files, corrupt = convert_domain(records, tmp_path / "converted", progress=False)
+    assert sorted(files) == ["test", "train", "validation"]
+    assert [(Path(c.path).name, c.offset, c.reason) for c in corrupt] == [
+        ("1.tfrecords", len(record(example({"image": [png_bytes(100)], "label": [1]}))), "data checksum mismatch")
+    ]
+    train = load_domain(tmp_path / "converted", "aircraft", "train")
+    assert train["label"] == [0] * 4 + [1] * 3 + [2] * 4, "sorted by class, the corrupt record skipped"
+    assert set(train["class_name"]) == {"plane-0", "plane-1", "plane-2"} and set(train["domain"]) == {"aircraft"}
+    pixels = [np.asarray(image).sum() for image in train["image"][:4]]
+    originals = [np.asarray(Image.open(io.BytesIO(png_bytes(k)))).sum() for k in range(4)]
+    assert sorted(pixels) == sorted(originals) and pixels != originals, "shuffled once within the class"
+    assert load_domain(tmp_path / "converted", "aircraft", "test")["label"] == [4] * 4 + [5] * 4
+
+    # Resume: finished splits are kept, a half-written one is redone.
+    kept = files["train"].stat().st_mtime_ns
+    files["test"].unlink()
+    (files["test"].parent / ".test.parquet.partial").write_bytes(b"half")
+    again, _ = convert_domain(records, tmp_path / "converted", progress=False)
+    assert again["train"].stat().st_mtime_ns == kept
+    assert len(load_domain(tmp_path / "converted", "aircraft", "test")) == 8
+
+
+def test_superclasses_and_hierarchies_reach_the_sampler(tmp_path):
+    bilevel = {"__class__": "BiLevelDatasetSpecification", "name": "omniglot",
+               "superclasses_per_split": {"TRAIN": 2, "VALID": 0, "TEST": 1},
+               "classes_per_superclass": {"0": 5, "1": 5, "2": 5},
+               "superclass_names": {"0": "A", "1": "B", "2": "C"},
+               "class_names": {str(k): f"char{k}" for k in range(15)}, "file_pattern": "{}.tfrecords"}  # fmt: skip
+    convert_domain(write_domain(tmp_path / "records", bilevel, 2), tmp_path / "out", progress=False)
+    train = load_domain(tmp_path / "out", "omniglot", "train")
+    sampler = EpisodeSampler.from_dataset(train, seed=0)
+    assert sampler.superclass_groups is not None
+    for i in range(10):  # every episode's classes come from one alphabet
+        assert len({c // 5 for c in sampler.episode(i).classes.tolist()}) == 1
+
+    def node(wn_id, children=()):
+        return {"wn_id": wn_id, "words": wn_id, "children_ids": list(children), "parents_ids": []}
+
+    leaves = [f"n{k}" for k in range(12)]
+    hierarchical = {"__class__": "HierarchicalDatasetSpecification", "name": "ilsvrc_2012",
+                    "split_subgraphs": {"TRAIN": [node("root", ["dogs", "cats"]), node("dogs", leaves[:6]),
+                                                  node("cats", leaves[5:10]), *map(node, leaves[:10])],
+                                        "TEST": [node("t", leaves[10:]), *map(node, leaves[10:])]},
+                    "class_names": {str(k): leaf for k, leaf in enumerate(leaves)},
+                    "file_pattern": "{}.tfrecords"}  # fmt: skip
+    convert_domain(write_domain(tmp_path / "records", hierarchical, 2), tmp_path / "out", progress=False)
+    train = load_domain(tmp_path / "out", "ilsvrc_2012", "train")
+    assert train["ancestors"][train["label"].index(5)] == ["cats", "dogs", "root"]
+    sampler = EpisodeSampler.from_dataset(train, seed=0)
+    spans = {tuple(group.tolist()) for group in sampler.hierarchy_groups}
+    assert spans == {tuple(range(10)), tuple(range(6)), tuple(range(5, 10))}

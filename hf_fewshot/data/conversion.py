@@ -13,10 +13,22 @@ class ids contiguous in the order train, validation, test:
 from __future__ import annotations
 
 import json
+import logging
+import os
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from hf_fewshot.data.schema import NO_SUPERCLASS
+import datasets
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+from tqdm.auto import tqdm
+
+from hf_fewshot.data.schema import NO_SUPERCLASS, domain_features
+from hf_fewshot.data.tfrecord import CorruptRecord, parse_example, read_records
+
+logger = logging.getLogger(__name__)
 
 SPEC_SPLITS = {"TRAIN": "train", "VALID": "validation", "TEST": "test"}
 
@@ -117,4 +129,95 @@ def _hierarchical(spec: dict, class_names: dict[int, str]):
     return split_classes, {}, {}, hierarchies
 
 
-__all__ = ["MetaDatasetSpec", "SPEC_SPLITS"]
+def _ancestors(hierarchy: dict[str, list]) -> dict[int, list[str]]:
+    """For every class id (leaf), the internal nodes above it in the DAG, sorted."""
+    above: dict[int, set[str]] = {}
+
+    def visit(node: str, path: tuple[str, ...]) -> None:
+        for child in hierarchy.get(node, []):
+            if isinstance(child, int):
+                above.setdefault(child, set()).update((*path, node))
+            else:
+                visit(child, (*path, node))
+
+    children = {child for kids in hierarchy.values() for child in kids}
+    for root in hierarchy.keys() - children:
+        visit(root, ())
+    return {class_id: sorted(nodes) for class_id, nodes in above.items()}
+
+
+def split_features(hierarchical: bool) -> datasets.Features:
+    """The schema of DATA.md §1, plus `ancestors` (the WordNet nodes above each class) for hierarchical domains:
+    the hierarchy travels with the rows, through parquet, `save_to_disk` and the Hub alike."""
+    features = domain_features()
+    if hierarchical:
+        features["ancestors"] = datasets.List(datasets.Value("string"))
+    return features
+
+
+def _class_rows(path: Path, class_id: int, corrupt: list[CorruptRecord]) -> Iterator[bytes]:
+    """The image bytes of one class file; unreadable records are appended to `corrupt` and skipped."""
+    for offset, data in read_records(path):
+        if isinstance(data, CorruptRecord):
+            corrupt.append(data)
+            continue
+        try:
+            example = parse_example(data)
+            image, label = example["image"][0], int(example["label"][0])
+        except (ValueError, KeyError, IndexError) as error:
+            corrupt.append(CorruptRecord(str(path), offset, f"not an Example with image and label ({error})"))
+            continue
+        if label != class_id:
+            corrupt.append(CorruptRecord(str(path), offset, f"label {label} in the file of class {class_id}"))
+            continue
+        yield image
+
+
+def convert_domain(
+    records_dir: str | Path, output_dir: str | Path, seed: int = 0, progress: bool = True
+) -> tuple[dict[str, Path], list[CorruptRecord]]:
+    """Write `{output_dir}/{domain}/{split}.parquet` from one domain folder of the official release.
+
+    Rows are sorted by class and shuffled once within each class (seeded by `(seed, class id)`); one class is in
+    memory at a time. A split whose parquet file exists is kept (resume); each file is written under a temporary
+    name and renamed when complete. Returns the files and every corrupt record (file, offset, reason), which
+    are also logged: none is dropped silently.
+    """
+    records_dir, output_dir = Path(records_dir), Path(output_dir)
+    spec = MetaDatasetSpec.from_json(records_dir / "dataset_spec.json")
+    written, corrupt = {}, []
+    for split, class_ids in spec.split_classes.items():
+        if not class_ids:
+            continue
+        target = output_dir / spec.name / f"{split}.parquet"
+        written[split] = target
+        if target.exists():
+            continue
+        target.parent.mkdir(parents=True, exist_ok=True)
+        ancestors = _ancestors(spec.hierarchies[split]) if spec.hierarchies else None
+        features = split_features(ancestors is not None)
+        partial = target.with_name(f".{target.name}.partial")
+        with pq.ParquetWriter(partial, features.arrow_schema) as writer:
+            for class_id in tqdm(class_ids, desc=f"{spec.name}/{split}", disable=not progress, leave=False):
+                path = records_dir / spec.file_pattern.format(class_id)
+                if not path.is_file():
+                    raise FileNotFoundError(f"Class {class_id} of {spec.name} has no record file {path}.")
+                images = list(_class_rows(path, class_id, corrupt))
+                order = np.random.default_rng((seed, class_id)).permutation(len(images))
+                rows = {
+                    "image": [{"bytes": images[k], "path": None} for k in order],
+                    "label": [class_id] * len(images),
+                    "class_name": [spec.class_names.get(class_id, str(class_id))] * len(images),
+                    "superclass": [spec.superclass_of(class_id)] * len(images),
+                    "domain": [spec.name] * len(images),
+                }
+                if ancestors is not None:
+                    rows["ancestors"] = [ancestors.get(class_id, [])] * len(images)
+                writer.write_table(pa.Table.from_pydict(rows, schema=features.arrow_schema))
+        os.replace(partial, target)
+    for record in corrupt:
+        logger.warning("Skipped a corrupt record: %s", record)
+    return written, corrupt
+
+
+__all__ = ["MetaDatasetSpec", "SPEC_SPLITS", "convert_domain", "split_features"]

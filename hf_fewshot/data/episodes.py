@@ -147,11 +147,14 @@ class EpisodeSampler(_EpisodeSequence):
     ) -> EpisodeSampler:
         """A sampler over a domain split with the schema of DATA.md §1; no image is decoded.
 
-        The `superclass` column (when present and not all −1) turns on superclass sampling; the
-        `domain` column names the episodes' domain.
+        The `superclass` column (when present and not all −1) turns on superclass sampling; an `ancestors`
+        column (the hierarchy nodes above each row's class, written by the Meta-Dataset converter) turns on
+        hierarchy sampling unless `hierarchy` is given; the `domain` column names the episodes' domain.
         """
         labels = column_as_numpy(dataset, "label")
         superclasses = column_as_numpy(dataset, "superclass") if "superclass" in dataset.column_names else None
+        if hierarchy is None and "ancestors" in dataset.column_names:
+            hierarchy = _hierarchy_from_ancestors(dataset, labels)
         if "domain" in dataset.column_names and "domain" not in kwargs:
             kwargs["domain"] = dataset.with_format("arrow")[:1]["domain"][0].as_py()
         return cls(labels, superclasses=superclasses, hierarchy=hierarchy, **kwargs)
@@ -310,6 +313,17 @@ class EpisodeSampler(_EpisodeSequence):
         weights = sizes * np.exp(rng.uniform(np.log(0.5), np.log(2.0), size=len(sizes)))
         shares = weights / weights.sum()
         return np.minimum(np.floor(shares * (support_size - len(sizes))).astype(np.int64) + 1, remaining)
+
+
+def _hierarchy_from_ancestors(dataset: datasets.Dataset, labels: np.ndarray) -> dict[str, list[int]]:
+    """Node → the classes below it, from the `ancestors` of one row per class (all that hierarchy sampling uses)."""
+    classes, first_rows = np.unique(labels, return_index=True)
+    ancestors = dataset.with_format("arrow")["ancestors"].take(first_rows).to_pylist()
+    below: dict[str, list[int]] = {}
+    for class_id, nodes in zip(classes.tolist(), ancestors, strict=True):
+        for node in nodes or ():
+            below.setdefault(node, []).append(class_id)
+    return below
 
 
 class MultiDomainEpisodeSampler(_EpisodeSequence):
