@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hf_fewshot.adaptation import finetune_on_support
-from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, episode_loader
+from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, episode_loader
 from hf_fewshot.data.transforms import EvalTransform
 from hf_fewshot.models.prototypes import eval_mode
 
@@ -131,6 +131,7 @@ def evaluate_episodes(
     image_size: int = 128,
     seed: int = 0,
     finetune: Mapping[str, Any] | None = None,
+    frozen: Mapping[str, FrozenEpisodes] | None = None,
     num_workers: int = 0,
     progress: bool = True,
     **sampler_kwargs,
@@ -142,7 +143,8 @@ def evaluate_episodes(
     drawn with `EpisodeSampler(protocol, seed)` (`sampler_kwargs` go to it) and the eval transform at
     `image_size`; the model runs in eval mode (no inner step, deterministic routing). `finetune` (e.g.
     `{"mode": "lora", "learning_rate": 1e-3, "steps": 50}`) fine-tunes a copy on each episode's support set
-    with `finetune_on_support` before predicting its queries.
+    with `finetune_on_support` before predicting its queries. `frozen` maps a domain to `FrozenEpisodes` (the
+    shipped test episodes of a converted dataset) used instead of sampling.
     """
     in_domain = set(in_domain)
     unknown = in_domain - set(domains)
@@ -150,18 +152,19 @@ def evaluate_episodes(
         raise ValueError(f"in_domain names domains that are not evaluated: {sorted(unknown)}.")
     transform = EvalTransform(image_size)
     results = []
+    frozen = frozen or {}
     with eval_mode(model):
         for name, dataset in domains.items():
-            sampler = EpisodeSampler.from_dataset(
+            episodes = frozen.get(name) or EpisodeSampler.from_dataset(
                 dataset, protocol=protocol, seed=seed, num_episodes=num_episodes, **sampler_kwargs
             )
-            loader = episode_loader(sampler, EpisodeCollator(dataset, transform), num_workers=num_workers)
+            loader = episode_loader(episodes, EpisodeCollator(dataset, transform), num_workers=num_workers)
             accuracies = [
                 episode_metrics(model, episode, finetune)[0]
                 for episode in tqdm(loader, desc=f"evaluating {name}", disable=not progress, leave=False)
             ]
             mean, ci95 = mean_and_ci95(accuracies)
-            results.append(DomainAccuracy(name, mean, ci95, num_episodes, name in in_domain))
+            results.append(DomainAccuracy(name, mean, ci95, len(accuracies), name in in_domain))
     return EvaluationResults(tuple(results))
 
 

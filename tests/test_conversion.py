@@ -2,16 +2,20 @@
 
 import io
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import png_bytes
+from conftest import png_bytes, tiny_vit_config
 from PIL import Image
 from test_tfrecord import example, record
 
-from hf_fewshot import EpisodeSampler, load_domain
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
+
+from hf_fewshot import EpisodeSampler, ProtoNetModel, evaluate_episodes, load_domain
 from hf_fewshot.data.conversion import MetaDatasetSpec, convert_domain
+from hf_fewshot.data.episodes import FrozenEpisodes
 
 
 def write_spec(tmp_path, spec: dict):
@@ -157,3 +161,23 @@ def test_superclasses_and_hierarchies_reach_the_sampler(tmp_path):
     sampler = EpisodeSampler.from_dataset(train, seed=0)
     spans = {tuple(group.tolist()) for group in sampler.hierarchy_groups}
     assert spans == {tuple(range(10)), tuple(range(6)), tuple(range(5, 10))}
+
+
+def test_frozen_episodes_reload_identically_and_score_like_the_sampler(tmp_path):
+    import freeze_episodes
+
+    (path,) = freeze_episodes.main(
+        ["--domains", "digits", "--num_episodes", "4", "--protocols", "fixed", "--output_dir", str(tmp_path)]
+    )
+    frozen = FrozenEpisodes.load(path)
+    digits = load_domain("minimeta", "digits", "test")
+    sampler = EpisodeSampler.from_dataset(digits, protocol="fixed", n_way=5, n_shot=5, n_query=15, seed=0)
+    for i in range(4):
+        for name in ("support_indices", "support_labels", "query_indices", "query_labels", "classes"):
+            assert np.array_equal(getattr(frozen[i], name), getattr(sampler.episode(i), name)), name
+    assert frozen.metadata["protocol"] == "fixed" and frozen.metadata["rows"] == len(digits)
+
+    model = ProtoNetModel.from_backbone(tiny_vit_config(num_hidden_layers=1))
+    settings = dict(protocol="fixed", n_way=5, n_shot=5, n_query=15, image_size=16, progress=False)
+    sampled = evaluate_episodes(model, {"digits": digits}, 4, **settings)
+    assert evaluate_episodes(model, {"digits": digits}, 4, frozen={"digits": frozen}, **settings) == sampled

@@ -15,8 +15,11 @@ from __future__ import annotations
 
 import io
 import itertools
+import json
+import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import datasets
 import numpy as np
@@ -352,6 +355,53 @@ class MultiDomainEpisodeSampler(_EpisodeSequence):
         return replace(self.samplers[domain].episode(index), domain=domain)
 
 
+class FrozenEpisodes(_EpisodeSequence):
+    """Episodes fixed once and stored as row indices, so that every user scores the same test tasks even if the
+    sampler changes. `FrozenEpisodes.from_sampler(sampler, n).save(path)`; `FrozenEpisodes.load(path)`."""
+
+    def __init__(self, episodes: Sequence[Episode], metadata: Mapping | None = None):
+        self.episodes, self.metadata = list(episodes), dict(metadata or {})
+        self.num_episodes = len(self.episodes)
+
+    @classmethod
+    def from_sampler(cls, sampler: EpisodeSampler, num_episodes: int, **metadata) -> FrozenEpisodes:
+        info = {"protocol": sampler.protocol, "seed": sampler.seed, "domain": sampler.domain, **metadata}
+        return cls([sampler.episode(i) for i in range(num_episodes)], info)
+
+    def episode(self, index: int) -> Episode:
+        return self.episodes[index]
+
+    def save(self, path: str | Path) -> Path:
+        """A small JSON file: the metadata and, per episode, its row indices and episode-relative labels."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fields = ("support_indices", "support_labels", "query_indices", "query_labels", "classes")
+        payload = {
+            "metadata": self.metadata,
+            "episodes": [{name: getattr(e, name).tolist() for name in fields} for e in self.episodes],
+        }
+        staging = path.with_name(f".{path.name}.partial")
+        staging.write_text(json.dumps(payload, separators=(",", ":")))
+        os.replace(staging, path)
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path) -> FrozenEpisodes:
+        payload = json.loads(Path(path).read_text())
+        metadata = payload.get("metadata", {})
+        seed, domain = int(metadata.get("seed") or 0), metadata.get("domain")
+        episodes = [
+            Episode(
+                **{name: np.asarray(values, dtype=np.int64) for name, values in stored.items()},
+                index=index,
+                seed=seed,
+                domain=domain,
+            )
+            for index, stored in enumerate(payload["episodes"])
+        ]
+        return cls(episodes, metadata)
+
+
 ImageTransform = Callable[[list[Image.Image], np.random.Generator], torch.Tensor]
 
 
@@ -410,7 +460,7 @@ def decode_image(record: dict, row: int, domain: str | None) -> Image.Image:
 
 
 def episode_loader(
-    sampler: EpisodeSampler | MultiDomainEpisodeSampler, collator: EpisodeCollator, num_workers: int = 0, **kwargs
+    sampler: _EpisodeSequence, collator: EpisodeCollator, num_workers: int = 0, **kwargs
 ) -> torch.utils.data.DataLoader:
     """A DataLoader yielding one collated episode per step (whole episodes per worker / rank)."""
     if sampler.num_episodes is None:
