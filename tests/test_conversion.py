@@ -181,3 +181,31 @@ def test_frozen_episodes_reload_identically_and_score_like_the_sampler(tmp_path)
     settings = dict(protocol="fixed", n_way=5, n_shot=5, n_query=15, image_size=16, progress=False)
     sampled = evaluate_episodes(model, {"digits": digits}, 4, **settings)
     assert evaluate_episodes(model, {"digits": digits}, 4, frozen={"digits": frozen}, **settings) == sampled
+
+
+def test_the_convert_recipe_writes_configs_a_card_and_pushes(tmp_path):
+    import convert_metadataset
+    import datasets
+    import hub_server
+    import yaml
+
+    write_domain(tmp_path / "records", FLAT, corrupt=(0, 1))
+    mnist = tmp_path / "extra" / "mnist" / "test"
+    for digit in range(2):
+        (mnist / str(digit)).mkdir(parents=True)
+        for k in range(3):
+            Image.open(io.BytesIO(png_bytes(digit * 10 + k))).save(mnist / str(digit) / f"{k}.png")
+    output = tmp_path / "converted"
+    argv = ["--records_root", str(tmp_path / "records"), "--output_dir", str(output),
+            "--image_folders_root", str(tmp_path / "extra")]  # fmt: skip
+    convert_metadataset.main(argv)
+    card = (output / "README.md").read_text()
+    configs = {c["config_name"]: c for c in yaml.safe_load(card.split("---")[1])["configs"]}
+    assert set(configs) == {"aircraft", "mnist"} and "non-commercial research (FGVC-Aircraft)" in card
+    local = datasets.load_dataset(str(output), "aircraft", split="train")
+    assert local["label"] == [0] * 3 + [1] * 4 + [2] * 4
+    assert len(load_domain(output, "mnist", "test")) == 6
+
+    with hub_server.hub(tmp_path / "hub"):
+        convert_metadataset.main([*argv, "--hub_repo_id", "user/meta-dataset"])
+        assert load_domain("user/meta-dataset", "aircraft", "validation")["label"] == [3] * 4

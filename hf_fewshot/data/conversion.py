@@ -220,4 +220,39 @@ def convert_domain(
     return written, corrupt
 
 
-__all__ = ["MetaDatasetSpec", "SPEC_SPLITS", "convert_domain", "split_features"]
+def dataset_card(output_dir: str | Path, title: str = "Meta-Dataset (converted with hf-fewshot)") -> Path:
+    """`README.md` at the root of a converted folder: one config per domain listing its split files (so
+    `datasets.load_dataset(folder_or_repo, domain)` works), and a table of classes, images and each domain's
+    licence — they differ per domain, and the conversion does not change them."""
+    from hf_fewshot.data.metadataset import resolve_domain  # the registry; imported here to keep this module light
+
+    output_dir = Path(output_dir)
+    configs, rows = [], []
+    for domain_dir in sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
+        files = {f.stem: f for f in sorted(domain_dir.glob("*.parquet"))}
+        if not files:
+            continue
+        configs.append(
+            f"- config_name: {domain_dir.name}\n  data_files:\n"
+            + "".join(f"  - split: {split}\n    path: {domain_dir.name}/{f.name}\n" for split, f in files.items())
+        )
+        counts = {split: pq.read_metadata(f).num_rows for split, f in files.items()}
+        info = resolve_domain(domain_dir.name)
+        licence = info.license if info is not None else "see the source dataset"
+        cells = " | ".join(str(counts.get(split, "–")) for split in ("train", "validation", "test"))
+        rows.append(f"| {domain_dir.name} | {cells} | {licence} |")
+    card = (
+        "---\nconfigs:\n" + "".join(configs) + "license: other\ntags:\n- few-shot-learning\n- meta-dataset\n---\n\n"
+        f"# {title}\n\nOne config per domain; splits hold disjoint classes. Columns: `image`, `label` (domain-global "
+        "class id), `class_name`, `superclass` (−1 if none), `domain`, and `ancestors` (WordNet nodes above the "
+        "class) for ImageNet. Rows are sorted by class and shuffled once within each class.\n\n"
+        "| domain | train images | validation images | test images | licence |\n|---|---:|---:|---:|---|\n"
+        + "\n".join(rows)
+        + "\n\nEach domain keeps the licence and terms of its source dataset; check them before use.\n"
+    )
+    path = output_dir / "README.md"
+    path.write_text(card)
+    return path
+
+
+__all__ = ["MetaDatasetSpec", "SPEC_SPLITS", "convert_domain", "dataset_card", "split_features"]
