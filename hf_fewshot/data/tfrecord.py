@@ -1,4 +1,5 @@
-"""Reading the official Meta-Dataset release without TensorFlow: TFRecord framing and `tf.train.Example` decoding.
+"""The official Meta-Dataset records without TensorFlow: TFRecord framing and `tf.train.Example` decoding (and the
+inverse, for building records in that format).
 
 A TFRecord file is a sequence of records: `uint64 length`, `uint32 masked_crc32c(length)`, `data`,
 `uint32 masked_crc32c(data)` (little-endian). Each record of Meta-Dataset is a serialised `tf.train.Example`
@@ -154,4 +155,33 @@ def parse_example(data: bytes) -> dict[str, list]:
     return features
 
 
-__all__ = ["CorruptRecord", "masked_crc32c", "parse_example", "read_records"]
+def _encode_varint(value: int) -> bytes:
+    value &= (1 << 64) - 1
+    out = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+def _length_delimited(number: int, payload: bytes) -> bytes:
+    return _encode_varint(number << 3 | 2) + _encode_varint(len(payload)) + payload
+
+
+def serialize_example(image: bytes, label: int) -> bytes:
+    """A `tf.train.Example` with the two features of Meta-Dataset's records: `image` (bytes) and `label` (int64)."""
+    image_feature = _length_delimited(1, _length_delimited(1, image))  # Feature.bytes_list.value
+    label_feature = _length_delimited(3, _length_delimited(1, _encode_varint(label)))  # Feature.int64_list (packed)
+    entries = _length_delimited(1, _length_delimited(1, b"image") + _length_delimited(2, image_feature))
+    entries += _length_delimited(1, _length_delimited(1, b"label") + _length_delimited(2, label_feature))
+    return _length_delimited(1, entries)
+
+
+def frame_record(data: bytes) -> bytes:
+    """One TFRecord: length, its masked CRC, the data, its masked CRC."""
+    length = struct.pack("<Q", len(data))
+    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+
+
+__all__ = ["CorruptRecord", "frame_record", "masked_crc32c", "parse_example", "read_records", "serialize_example"]
