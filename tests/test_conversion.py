@@ -209,3 +209,13 @@ def test_the_convert_recipe_writes_configs_a_card_and_pushes(tmp_path):
     with hub_server.hub(tmp_path / "hub"):
         convert_metadataset.main([*argv, "--hub_repo_id", "user/meta-dataset"])
         assert load_domain("user/meta-dataset", "aircraft", "validation")["label"] == [3] * 4
+
+
+def test_large_converted_splits_are_memory_mapped_not_loaded(tmp_path, monkeypatch):
+    from hf_fewshot.data import metadataset
+
+    convert_domain(write_domain(tmp_path / "records", FLAT), tmp_path / "out", progress=False)
+    assert load_domain(tmp_path / "out", "aircraft", "train").cache_files == [], "small: in memory"
+    monkeypatch.setattr(metadataset, "IN_MEMORY_BYTES", 0)
+    mapped = load_domain(tmp_path / "out", "aircraft", "train")
+    assert mapped.cache_files and mapped["label"][:4] == [0] * 4

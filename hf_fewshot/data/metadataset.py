@@ -130,13 +130,19 @@ def _load_minimeta(domain: str, split: str) -> datasets.Dataset:
     return validate_domain_split(dataset, domain, split, origin="minimeta")
 
 
+IN_MEMORY_BYTES = 2**30
+"""Local parquet splits smaller than this load into memory; larger ones are memory-mapped (Arrow cache)."""
+
+
 def _load_local(path: Path, domain: str, split: str) -> datasets.Dataset:
     domain_dir = path / domain
     parquet_files = sorted(domain_dir.glob(f"{split}.parquet")) + sorted(domain_dir.glob(f"{split}-*.parquet"))
     if parquet_files:
         if sum(pyarrow.parquet.read_metadata(f).num_rows for f in parquet_files) == 0:
             raise ValueError(f"{domain_dir} ({domain}/{split}) is empty: its parquet files hold no rows.")
-        return datasets.Dataset.from_parquet([str(f) for f in parquet_files], keep_in_memory=True)
+        # Small splits stay in memory; a converted ImageNet (100+ GB) is memory-mapped from the datasets cache.
+        small = sum(f.stat().st_size for f in parquet_files) < IN_MEMORY_BYTES
+        return datasets.Dataset.from_parquet([str(f) for f in parquet_files], keep_in_memory=small)
     for candidate in (domain_dir, path):
         if (candidate / "dataset_dict.json").exists():
             saved = datasets.load_from_disk(str(candidate))
