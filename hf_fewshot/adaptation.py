@@ -210,7 +210,7 @@ def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor) -> floa
 
     Images that are alone in their class cannot be held out and are not scored (their class still competes)."""
     n_way = int(labels.max()) + 1
-    sums = torch.zeros(n_way, features.shape[-1], dtype=features.dtype).index_add(0, labels, features)
+    sums = features.new_zeros(n_way, features.shape[-1]).index_add(0, labels, features)
     counts = torch.bincount(labels, minlength=n_way).to(features.dtype)
     scored = counts[labels] > 1
     if not scored.any():
@@ -218,7 +218,7 @@ def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor) -> floa
     # Prototypes without the held-out image: its own class mean recomputed, the other classes unchanged.
     centroids = (sums / counts.clamp_min(1).unsqueeze(-1)).expand(len(labels), n_way, -1).clone()
     own = (sums[labels] - features) / (counts[labels] - 1).clamp_min(1).unsqueeze(-1)
-    centroids[torch.arange(len(labels)), labels] = own
+    centroids[torch.arange(len(labels), device=labels.device), labels] = own
     similarity = F.cosine_similarity(features.unsqueeze(1), centroids, dim=-1)
     correct = similarity.argmax(-1) == labels
     return correct[scored].float().mean().item()

@@ -78,7 +78,7 @@ def expert_density_by_layer_type(model) -> dict[str, np.ndarray]:
         kind = layer_type(name)
         open_counts[kind] = open_counts.get(kind, 0) + mask.sum(dim=1)
         sizes[kind] = sizes.get(kind, 0) + mask.shape[1]
-    return {kind: (open_counts[kind] / sizes[kind]).numpy() for kind in open_counts}
+    return {kind: (open_counts[kind] / sizes[kind]).cpu().numpy() for kind in open_counts}
 
 
 def expert_mask_overlap(model) -> np.ndarray:
@@ -87,7 +87,7 @@ def expert_mask_overlap(model) -> np.ndarray:
     intersection = masks @ masks.T
     sizes = masks.sum(dim=1)
     union = sizes[:, None] + sizes[None, :] - intersection
-    return (intersection / union.clamp_min(1)).numpy()
+    return (intersection / union.clamp_min(1)).cpu().numpy()
 
 
 def plot_expert_density(model, path: str | Path) -> Path:

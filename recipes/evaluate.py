@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import meta_tune
+import torch
 
 from hf_fewshot import evaluate_episodes, load_domain
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
@@ -64,8 +65,10 @@ def run(args: EvaluateArguments) -> str:
         seed=args.seed,
         finetune=finetune,
     )
+    device = "cuda" if torch.cuda.is_available() else "cpu"
     results = {
-        name: evaluate_episodes(load_fewshot_model(name), test, args.num_episodes, **settings) for name in args.models
+        name: evaluate_episodes(load_fewshot_model(name).to(device), test, args.num_episodes, **settings)
+        for name in args.models
     }
     table = results_table(results)
     print(f"\nTest accuracy (%), {args.num_episodes} episodes per domain, mean ± 95% CI:\n\n{table}\n")

@@ -126,7 +126,7 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     )
     results = {
         "backbone (no meta-tuning)": evaluate_episodes(
-            ProtoNetModel.from_backbone(args.backbone), test, args.test_episodes, **settings
+            ProtoNetModel.from_backbone(args.backbone).to(training_args.device), test, args.test_episodes, **settings
         ),
         args.method: evaluate_episodes(trainer.model, test, args.test_episodes, **settings),
     }

@@ -6,6 +6,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 import torch
@@ -142,6 +143,15 @@ def test_episodic_trainer_rejects_bad_inputs(tmp_path, glyphs):
         trainer.train()
     with pytest.raises(ValueError, match="fixed"):
         training_arguments(tmp_path, n_way=None)
+    with pytest.raises(TypeError, match="DatasetDict"):
+        EpisodicTrainer(tiny_smat(), training_arguments(tmp_path), train_dataset=datasets.DatasetDict(glyphs))
+
+
+def test_evaluating_other_splits_does_not_replace_the_validation_splits(tmp_path, glyphs):
+    trainer = EpisodicTrainer(tiny_smat(), training_arguments(tmp_path), eval_dataset={"glyphs": glyphs["validation"]})
+    other = trainer.evaluate({"train": glyphs["train"]})
+    assert "eval_train_accuracy" in other
+    assert "eval_glyphs_accuracy" in trainer.evaluate() and set(trainer.eval_dataset) == {"glyphs"}
 
 
 # ------------------------------------------------------------------------------------------- training

@@ -144,3 +144,12 @@ def test_evaluate_puts_a_backbone_and_a_fewshot_model_in_one_table(tmp_path, pre
     )  # fmt: skip
     assert f"| domain | split | {pretrained_backbone} |" in table and "| digits | OOD |" in table
     assert json.loads((tmp_path / "table.json").read_text())[str(pretrained_backbone)]["digits_accuracy"] >= 0
+
+
+def test_a_required_argument_can_come_from_the_yaml_file(tmp_path):
+    import convert_metadataset
+
+    config = tmp_path / "convert.yaml"
+    config.write_text("records_root: /data/records\n")
+    (args,) = parse_recipe_arguments((convert_metadataset.ConvertArguments,), {}, [str(config)])
+    assert args.records_root == "/data/records"

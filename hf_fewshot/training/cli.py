@@ -36,4 +36,7 @@ def parse_recipe_arguments(
         raise ValueError(f"Unknown argument(s) {unknown}; see --help for the accepted names.")
     parser = HfArgumentParser(dataclass_types)
     parser.set_defaults(**values)
+    for action in parser._actions:  # a required field given by the defaults or the YAML file is no longer missing
+        if action.dest in values:
+            action.required = False
     return tuple(parser.parse_args_into_dataclasses(args=argv))

@@ -207,15 +207,19 @@ class EpisodicTrainer(SAMTrainer):
             dataset, **self.args.episode_settings(), num_episodes=num_episodes, domain=domain
         )
 
-    def _episode_loader(self, episodes, collator: EpisodeCollator) -> DataLoader:
-        """Whole episodes dealt to ranks: batches of one episode through `accelerator.prepare`."""
+    def _episode_loader(self, episodes, collator: EpisodeCollator, persistent: bool) -> DataLoader:
+        """Whole episodes dealt to ranks: batches of one episode through `accelerator.prepare`.
+
+        Training loaders never keep their workers: a persistent worker keeps the epoch-0 copy of the sampler, so
+        `set_epoch` (main process only) would never reach it and every epoch would repeat the same tasks."""
+        workers = self.args.dataloader_num_workers
         loader = DataLoader(
             episodes,
             batch_size=1,
             shuffle=False,
             collate_fn=_SingleEpisode(collator),
-            num_workers=self.args.dataloader_num_workers,
-            persistent_workers=self.args.dataloader_num_workers > 0 and self.args.dataloader_persistent_workers,
+            num_workers=workers,
+            persistent_workers=persistent and workers > 0 and self.args.dataloader_persistent_workers,
         )
         return self.accelerator.prepare(loader)
 
@@ -226,7 +230,7 @@ class EpisodicTrainer(SAMTrainer):
         samplers = {domain: self._sampler(split, domain, None) for domain, split in self.train_dataset.items()}
         episodes = MultiDomainEpisodeSampler(samplers, seed=args.seed, num_episodes=args.train_episodes_per_epoch)
         transform = TrainTransform(args.image_size, scale=(args.crop_scale_min, 1.0))
-        return self._episode_loader(episodes, EpisodeCollator(self.train_dataset, transform))
+        return self._episode_loader(episodes, EpisodeCollator(self.train_dataset, transform), persistent=False)
 
     def get_eval_dataloader(self, eval_dataset: str | None = None) -> DataLoader:
         """The fixed validation episodes of one domain (`eval_dataset` names it)."""
@@ -238,7 +242,7 @@ class EpisodicTrainer(SAMTrainer):
             split = self.eval_dataset[eval_dataset]
             collator = EpisodeCollator({eval_dataset: split}, EvalTransform(self.args.image_size))
             episodes = _FixedEpisodes(self._sampler(split, eval_dataset, self.args.eval_episodes))
-            self._eval_loaders[eval_dataset] = self._episode_loader(episodes, collator)
+            self._eval_loaders[eval_dataset] = self._episode_loader(episodes, collator, persistent=True)
         return self._eval_loaders[eval_dataset]
 
     # -------------------------------------------------------------------------------------- training
@@ -287,8 +291,13 @@ class EpisodicTrainer(SAMTrainer):
         metric_key_prefix: str = "eval",
     ) -> dict[str, float]:
         """Mean query accuracy ± 95% CI over the fixed validation episodes of every domain (all ranks share them)."""
-        if eval_dataset is not None:
+        if eval_dataset is not None:  # this call only: validation and best-model selection keep their own splits
+            saved = self.eval_dataset, self._eval_loaders
             self.eval_dataset, self._eval_loaders = _domain_splits(eval_dataset, "eval_dataset"), {}
+            try:
+                return self.evaluate(None, ignore_keys, metric_key_prefix)
+            finally:
+                self.eval_dataset, self._eval_loaders = saved
         if self.eval_dataset is None:
             raise ValueError("EpisodicTrainer: evaluation needs an eval_dataset (one split or domain → split).")
         start = time.time()
@@ -355,6 +364,11 @@ def _domain_splits(splits: DomainSplits | None, name: str) -> dict[str, datasets
     if isinstance(splits, datasets.Dataset):
         domain = splits.with_format("arrow")[:1]["domain"][0].as_py() if "domain" in splits.column_names else None
         return {domain or "default": splits}
+    if isinstance(splits, datasets.DatasetDict):
+        raise TypeError(
+            f"{name} is a DatasetDict (split → Dataset); pass one split, or a mapping domain → split such as "
+            '{"omniglot": load_domain(source, "omniglot", "train")}: its splits would be taken for domains.'
+        )
     if not isinstance(splits, Mapping) or not splits:
         raise TypeError(f"{name} must be a datasets.Dataset or a non-empty mapping domain → Dataset.")
     for domain, split in splits.items():
