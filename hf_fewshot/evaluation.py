@@ -19,6 +19,7 @@ from tqdm.auto import tqdm
 
 from hf_fewshot.adaptation import finetune_on_support
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, episode_loader
+from hf_fewshot.data.metadataset import column_as_numpy
 from hf_fewshot.data.transforms import EvalTransform
 from hf_fewshot.models.prototypes import eval_mode
 
@@ -121,6 +122,23 @@ def episode_metrics(
     return accuracy, F.cross_entropy(logits, labels).item()
 
 
+def _check_frozen_episodes(episodes: FrozenEpisodes, dataset: datasets.Dataset, domain: str) -> None:
+    """Frozen episodes are row indices: refuse them for another copy of the split (other rows or row order)."""
+    rows = episodes.metadata.get("rows")
+    if rows is not None and rows != len(dataset):
+        raise ValueError(
+            f"The frozen episodes of {domain!r} were made for a split of {rows} rows, not {len(dataset)}."
+        )
+    labels = column_as_numpy(dataset, "label")
+    for episode in episodes:
+        stored = episode.classes[np.concatenate([episode.support_labels, episode.query_labels])]
+        if not np.array_equal(labels[np.concatenate([episode.support_indices, episode.query_indices])], stored):
+            raise ValueError(
+                f"Frozen episode {episode.index} of {domain!r} does not match this split's labels: another row order "
+                "or another split (e.g. validation instead of test)."
+            )
+
+
 def evaluate_episodes(
     model: torch.nn.Module,
     domains: Mapping[str, datasets.Dataset],
@@ -155,9 +173,13 @@ def evaluate_episodes(
     frozen = frozen or {}
     with eval_mode(model):
         for name, dataset in domains.items():
-            episodes = frozen.get(name) or EpisodeSampler.from_dataset(
-                dataset, protocol=protocol, seed=seed, num_episodes=num_episodes, **sampler_kwargs
-            )
+            episodes = frozen.get(name)
+            if episodes is not None:
+                _check_frozen_episodes(episodes, dataset, name)
+            else:
+                episodes = EpisodeSampler.from_dataset(
+                    dataset, protocol=protocol, seed=seed, num_episodes=num_episodes, **sampler_kwargs
+                )
             loader = episode_loader(episodes, EpisodeCollator(dataset, transform), num_workers=num_workers)
             accuracies = [
                 episode_metrics(model, episode, finetune)[0]

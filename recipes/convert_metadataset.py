@@ -16,7 +16,7 @@ from huggingface_hub import HfApi
 from tqdm.auto import tqdm
 
 from hf_fewshot import load_domain
-from hf_fewshot.data.conversion import convert_domain, dataset_card
+from hf_fewshot.data.conversion import convert_domain, dataset_card, write_split
 from hf_fewshot.training.cli import parse_recipe_arguments
 
 EXTRA_DOMAINS = ("mnist", "cifar10", "cifar100")
@@ -48,8 +48,7 @@ def run(args: ConvertArguments) -> Path:
         for domain in EXTRA_DOMAINS:
             target = output / domain / "test.parquet"
             if (Path(args.image_folders_root) / domain).is_dir() and not target.exists():
-                target.parent.mkdir(parents=True, exist_ok=True)
-                load_domain(args.image_folders_root, domain, "test").to_parquet(str(target))
+                write_split(load_domain(args.image_folders_root, domain, "test"), target)
     card = dataset_card(output)
     print(
         f"Converted {len(domains)} domain(s) into {output} (card: {card}); {len(corrupt)} corrupt record(s) skipped."

@@ -2,6 +2,7 @@
 
 import io
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -181,6 +182,11 @@ def test_frozen_episodes_reload_identically_and_score_like_the_sampler(tmp_path)
     settings = dict(protocol="fixed", n_way=5, n_shot=5, n_query=15, image_size=16, progress=False)
     sampled = evaluate_episodes(model, {"digits": digits}, 4, **settings)
     assert evaluate_episodes(model, {"digits": digits}, 4, frozen={"digits": frozen}, **settings) == sampled
+    with pytest.raises(ValueError, match="does not match this split's labels"):
+        shuffled = digits.select(np.random.default_rng(0).permutation(len(digits)))
+        evaluate_episodes(model, {"digits": shuffled}, 4, frozen={"digits": frozen}, **settings)
+    with pytest.raises(ValueError, match="made for a split of"):
+        evaluate_episodes(model, {"digits": digits.select(range(900))}, 4, frozen={"digits": frozen}, **settings)
 
 
 def test_the_convert_recipe_writes_configs_a_card_and_pushes(tmp_path):
@@ -204,7 +210,9 @@ def test_the_convert_recipe_writes_configs_a_card_and_pushes(tmp_path):
     assert set(configs) == {"aircraft", "mnist"} and "non-commercial research (FGVC-Aircraft)" in card
     local = datasets.load_dataset(str(output), "aircraft", split="train")
     assert local["label"] == [0] * 3 + [1] * 4 + [2] * 4
-    assert len(load_domain(output, "mnist", "test")) == 6
+    shutil.rmtree(tmp_path / "extra")  # the converted extras hold the image bytes, not paths to the source
+    mnist_test = load_domain(output, "mnist", "test")
+    assert len(mnist_test) == 6 and mnist_test[0]["image"].size == (12, 12)
 
     with hub_server.hub(tmp_path / "hub"):
         convert_metadataset.main([*argv, "--hub_repo_id", "user/meta-dataset"])

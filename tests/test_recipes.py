@@ -38,6 +38,7 @@ def test_pretrain_saves_a_backbone_that_loads_with_automodel(pretrained_backbone
         backbone.config.model_type == "vit" and backbone.config.hidden_size == pretrain.TINY_VIT_CONFIG["hidden_size"]
     )
     assert not list(pretrained_backbone.parent.glob(".backbone-*")), "no staging folder left behind"
+    assert pretrained_backbone.stat().st_mode & 0o044, "readable by others, as save_pretrained's folders are"
     assert not any("glyphs/" in name for name in backbone.config.id2label.values()), "no classifier labels"
 
 

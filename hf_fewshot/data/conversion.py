@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
+import datasets.table
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -220,6 +221,18 @@ def convert_domain(
     return written, corrupt
 
 
+def write_split(dataset: datasets.Dataset, target: str | Path) -> Path:
+    """Write one split as a self-contained parquet file: images referenced by local paths are embedded as bytes
+    (the file must survive moving or pushing), written under a temporary name and renamed when complete."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    partial = target.with_name(f".{target.name}.partial")
+    table = datasets.table.embed_table_storage(dataset.with_format("arrow")[:])
+    pq.write_table(table.replace_schema_metadata(dataset.features.arrow_schema.metadata), partial)
+    os.replace(partial, target)
+    return target
+
+
 def dataset_card(output_dir: str | Path, title: str = "Meta-Dataset (converted with hf-fewshot)") -> Path:
     """`README.md` at the root of a converted folder: one config per domain listing its split files (so
     `datasets.load_dataset(folder_or_repo, domain)` works), and a table of classes, images and each domain's
@@ -255,4 +268,4 @@ def dataset_card(output_dir: str | Path, title: str = "Meta-Dataset (converted w
     return path
 
 
-__all__ = ["MetaDatasetSpec", "SPEC_SPLITS", "convert_domain", "dataset_card", "split_features"]
+__all__ = ["MetaDatasetSpec", "SPEC_SPLITS", "convert_domain", "dataset_card", "split_features", "write_split"]

@@ -15,14 +15,20 @@ _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 def save_pretrained_atomically(model: PreTrainedModel, folder: str | os.PathLike) -> Path:
     """`model.save_pretrained(folder)` written into a sibling temporary folder and renamed into place: a crash
-    leaves either the previous folder or the complete new one, never a partial save."""
+    leaves the previous folder or the complete new one, never a partial save (a crash between the swap's two
+    renames leaves the previous one aside, and the next save puts it back first)."""
     folder = Path(folder)
     folder.parent.mkdir(parents=True, exist_ok=True)
+    previous = folder.with_name(f".{folder.name}-previous")
+    if previous.is_dir() and not folder.exists():  # a crash between the two renames below: put the old one back
+        previous.rename(folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
+    umask = os.umask(0)
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the saved folder gets the usual permissions
     try:
         model.save_pretrained(staging)
         if folder.exists():
-            previous = folder.with_name(f".{folder.name}-previous")
             shutil.rmtree(previous, ignore_errors=True)
             folder.rename(previous)
             staging.rename(folder)
