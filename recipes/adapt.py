@@ -6,9 +6,11 @@
     python recipes/adapt.py --images my_photos/ --hub_repo_id me/my-classifier   # push classifier + adapter
 
 Every image is a support image. The model is a saved SMAT / ProtoNet (folder or Hub id) or a plain backbone.
-Writes `{output_dir}/classifier` (model + image processor) and, for LoRA, `{output_dir}/adapter` (PEFT).
+Writes `{output_dir}/classifier` (model + image processor) and, for LoRA, `{output_dir}/adapter` (the backbone the
+adapter was trained on, with the PEFT adapter in `adapter/lora`).
 """
 
+import copy
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -85,7 +87,10 @@ def run(args: AdaptArguments) -> Path:
     classifier.save_pretrained(output / "classifier")
     processor.save_pretrained(output / "classifier")
     if args.mode == "lora":
-        task.backbone.save_pretrained(output / "adapter")
+        # The adapter only makes sense on the weights it was trained on (for SMAT, the experts merged for these
+        # images), so they travel with it: the base backbone at the folder's root, the PEFT adapter in lora/.
+        copy.deepcopy(task.backbone).unload().save_pretrained(output / "adapter")
+        task.backbone.save_pretrained(output / "adapter" / "lora")
         adapter_card(
             f"{args.hub_repo_id}-lora" if args.hub_repo_id else "adapter",
             args.model,

@@ -70,7 +70,9 @@ def test_adapter_card_lists_the_classes_and_how_to_load_it():
                         learning_rate=1e-3, steps=50, support_size=10)  # fmt: skip
     meta = front_matter(card)
     assert meta["library_name"] == "peft" and meta["base_model"] == "facebook/dino-vits16"
-    assert "cat, dog" in str(card) and 'PeftModel.from_pretrained(backbone, "me/task-lora")' in str(card)
+    assert "cat, dog" in str(card) and 'PeftModel.from_pretrained(backbone, "me/task-lora", subfolder="lora")' in str(
+        card
+    )
 
 
 # ------------------------------------------------------------------------------- round trips (local test Hub)
@@ -145,8 +147,14 @@ def test_adapt_pushes_a_pipeline_classifier_and_its_adapter(hub, tmp_path):
     adapt.main(argv)
     assert AutoConfig.from_pretrained(tmp_path / "from-hub" / "classifier").num_labels == 2
 
-    base = SmatModel.from_pretrained(tmp_path / "smat").backbone
-    adapter = PeftModel.from_pretrained(base, "user/my-classifier-lora")
+    base = AutoModel.from_pretrained("user/my-classifier-lora")
+    adapter = PeftModel.from_pretrained(base, "user/my-classifier-lora", subfolder="lora")
     assert any("lora_" in name for name, _ in adapter.named_parameters())
+    exported = AutoModel.from_pretrained("user/my-classifier")  # the same task, adapter folded in (its ViT)
+    merged = adapter.merge_and_unload().eval()
+    with torch.no_grad():
+        pixels = torch.randn(2, 3, 16, 16)
+        expected = exported(pixel_values=pixels).last_hidden_state[:, 0]
+        assert torch.allclose(merged(pixel_values=pixels).last_hidden_state[:, 0], expected, atol=1e-5)
     card = ModelCard.load("user/my-classifier-lora")
     assert card.data.library_name == "peft" and "PeftModel.from_pretrained" in card.text

@@ -116,7 +116,8 @@ def test_adapt_exports_a_pipeline_ready_classifier_and_a_lora_adapter(tmp_path, 
         ["--images", str(image_folder), "--model", str(tiny_smat_folder), "--learning_rate", "1e-3",
          "--steps", "3", "--output_dir", str(tmp_path)]
     )  # fmt: skip
-    assert (output / "adapter" / "adapter_config.json").is_file()
+    assert (output / "adapter" / "lora" / "adapter_config.json").is_file()
+    assert AutoConfig.from_pretrained(output / "adapter").model_type == "vit", "the adapter's base travels with it"
     classifier = pipeline("image-classification", model=str(output / "classifier"))
     image = next(image_folder.glob("class_*/*.png"))
     predictions = classifier(str(image), top_k=3)
