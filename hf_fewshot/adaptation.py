@@ -20,7 +20,7 @@ from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
 
-from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jitter_colours
 from hf_fewshot.models.prototypes import (
     FewShotPreTrainedModel,
     FewShotTask,
@@ -55,13 +55,7 @@ class SupportAugmentation:
         unit = (pixel_values * std + mean).clamp(0, 1)
         flip = torch.rand(n, generator=generator) < 0.5
         unit = torch.where(flip.view(n, 1, 1, 1).to(unit.device), unit.flip(-1), unit)
-        factors = (1 + (torch.rand(3, n, 1, 1, 1, generator=generator) * 2 - 1) * self.jitter).to(unit)
-        luma_weights = torch.tensor([0.299, 0.587, 0.114], dtype=unit.dtype, device=unit.device).view(1, 3, 1, 1)
-        unit = (unit * factors[0]).clamp(0, 1)
-        mean_luma = (unit * luma_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-        unit = (unit * factors[1] + mean_luma * (1 - factors[1])).clamp(0, 1)
-        luma = (unit * luma_weights).sum(1, keepdim=True)
-        unit = (unit * factors[2] + luma * (1 - factors[2])).clamp(0, 1)
+        unit = jitter_colours(unit, 1 + (torch.rand(3, n, 1, 1, 1, generator=generator) * 2 - 1) * self.jitter)
         shifts = ((torch.rand(n, 2, generator=generator) * 2 - 1) * self.max_shift * 2).to(unit)
         theta = torch.zeros(n, 2, 3, dtype=unit.dtype, device=unit.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1.0

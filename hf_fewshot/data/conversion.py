@@ -26,6 +26,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from tqdm.auto import tqdm
 
+from hf_fewshot.data.metadataset import resolve_domain
 from hf_fewshot.data.schema import NO_SUPERCLASS, domain_features
 from hf_fewshot.data.tfrecord import CorruptRecord, parse_example, read_records
 
@@ -237,8 +238,6 @@ def dataset_card(output_dir: str | Path, title: str = "Meta-Dataset (converted w
     """`README.md` at the root of a converted folder: one config per domain listing its split files (so
     `datasets.load_dataset(folder_or_repo, domain)` works), and a table of classes, images and each domain's
     licence — they differ per domain, and the conversion does not change them."""
-    from hf_fewshot.data.metadataset import resolve_domain  # the registry; imported here to keep this module light
-
     output_dir = Path(output_dir)
     configs, rows = [], []
     for domain_dir in sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):

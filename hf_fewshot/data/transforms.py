@@ -108,12 +108,16 @@ class TrainTransform:
 
     def _colour_jitter(self, pixels: torch.Tensor, rng: np.random.Generator) -> torch.Tensor:
         """Per-image brightness, contrast and saturation factors, applied to the whole batch at once."""
-        n = pixels.shape[0]
-        factors = torch.from_numpy(rng.uniform(1 - self.jitter, 1 + self.jitter, size=(3, n, 1, 1, 1))).float()
-        brightness, contrast, saturation = factors
-        luma_weights = torch.tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
-        pixels = (pixels * brightness).clamp_(0, 1)
-        mean_luma = (pixels * luma_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
-        pixels = (pixels * contrast + mean_luma * (1 - contrast)).clamp_(0, 1)
-        luma = (pixels * luma_weights).sum(1, keepdim=True)
-        return (pixels * saturation + luma * (1 - saturation)).clamp_(0, 1)
+        factors = rng.uniform(1 - self.jitter, 1 + self.jitter, size=(3, pixels.shape[0], 1, 1, 1))
+        return jitter_colours(pixels, torch.from_numpy(factors).float())
+
+
+def jitter_colours(pixels: torch.Tensor, factors: torch.Tensor) -> torch.Tensor:
+    """Brightness, contrast and saturation of images in [0, 1] scaled by `factors` `(3, n, 1, 1, 1)`, in that order."""
+    brightness, contrast, saturation = factors.to(pixels)
+    luma_weights = torch.tensor([0.299, 0.587, 0.114], dtype=pixels.dtype, device=pixels.device).view(1, 3, 1, 1)
+    pixels = (pixels * brightness).clamp_(0, 1)
+    mean_luma = (pixels * luma_weights).sum(1, keepdim=True).mean((2, 3), keepdim=True)
+    pixels = (pixels * contrast + mean_luma * (1 - contrast)).clamp_(0, 1)
+    luma = (pixels * luma_weights).sum(1, keepdim=True)
+    return (pixels * saturation + luma * (1 - saturation)).clamp_(0, 1)

@@ -14,7 +14,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer
 
-from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, MultiDomainEpisodeSampler
+from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, MultiDomainEpisodeSampler
 from hf_fewshot.data.transforms import EvalTransform, TrainTransform
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults, episode_metrics, mean_and_ci95
 from hf_fewshot.models.prototypes import eval_mode
@@ -241,7 +241,9 @@ class EpisodicTrainer(SAMTrainer):
         if eval_dataset not in self._eval_loaders:
             split = self.eval_dataset[eval_dataset]
             collator = EpisodeCollator({eval_dataset: split}, EvalTransform(self.args.image_size))
-            episodes = _FixedEpisodes(self._sampler(split, eval_dataset, self.args.eval_episodes))
+            # Frozen: accelerate calls `set_epoch` on every pass over a prepared loader, which would give each
+            # validation a new set of episodes.
+            episodes = FrozenEpisodes.from_sampler(self._sampler(split, eval_dataset, None), self.args.eval_episodes)
             self._eval_loaders[eval_dataset] = self._episode_loader(episodes, collator, persistent=True)
         return self._eval_loaders[eval_dataset]
 
@@ -330,20 +332,6 @@ class EpisodicTrainer(SAMTrainer):
                 domains.append(DomainAccuracy(domain, mean, ci95, len(gathered), in_domain=True))
                 losses.extend(gathered[:, 1].tolist())
         return EvaluationResults(tuple(domains)), losses
-
-
-class _FixedEpisodes(torch.utils.data.Dataset):
-    """The episodes of epoch 0, whatever the loader's epoch: accelerate calls `set_epoch` on every pass over a
-    prepared loader, which would give each validation a new set of episodes."""
-
-    def __init__(self, sampler: EpisodeSampler):
-        self.sampler = sampler
-
-    def __len__(self) -> int:
-        return len(self.sampler)
-
-    def __getitem__(self, index: int):
-        return self.sampler[index]
 
 
 class _SingleEpisode:
