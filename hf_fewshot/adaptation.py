@@ -4,13 +4,15 @@
   support set, prototypes from the clean support images, loss on an augmented copy; the model itself is
   never touched, so every task starts from the meta-tuned (or SMAT-merged) weights.
 - `choose_learning_rate`: pick the learning rate on a pseudo-episode made from the support set alone.
-- `select_backbone`: score a pool of backbones on the support set (leave-one-out nearest-centroid accuracy).
+- `select_backbone`: score a pool of backbones on the support set (leave-one-out nearest-centroid accuracy);
+  `BackbonePool` is the few-shot model that does so for every task (the flat-backbone protocol).
 """
 
 from __future__ import annotations
 
 import copy
 import math
+from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Literal
 
@@ -22,6 +24,7 @@ from transformers import PreTrainedModel
 
 from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jitter_colours
 from hf_fewshot.models.prototypes import (
+    FewShotOutput,
     FewShotPreTrainedModel,
     FewShotTask,
     backbone_features,
@@ -69,14 +72,14 @@ def _task_backbone_and_head(model: nn.Module, support_pixel_values, support_labe
     """A private copy of the backbone a task starts from, and the head's (scale, bias)."""
     if isinstance(model, FewShotTask):
         return copy.deepcopy(model.backbone), model.scale, model.bias
-    if isinstance(model, FewShotPreTrainedModel):
+    if isinstance(model, (FewShotPreTrainedModel, BackbonePool)):
         task = model.prepare_task(support_pixel_values, support_labels)  # SMAT: routed and merged into a copy
-        shared = task.backbone is model.backbone  # ProtoNet's task uses the model's own backbone
+        shared = any(task.backbone is module for module in model.modules())  # ProtoNet's / the pool's own
         return copy.deepcopy(task.backbone) if shared else task.backbone, task.scale, task.bias
     if isinstance(model, PreTrainedModel):  # a plain HF backbone (e.g. ViTModel): cosine head, scale 10
         return copy.deepcopy(model), 10.0, 0.0
     raise TypeError(
-        "finetune_on_support takes a ProtoNetModel, SmatModel, FewShotTask or HF backbone, "
+        "finetune_on_support takes a ProtoNetModel, SmatModel, BackbonePool, FewShotTask or HF backbone, "
         f"not {type(model).__name__}."
     )
 
@@ -223,8 +226,11 @@ def select_backbone(
     backbones: Mapping[str, nn.Module], support_pixel_values: torch.Tensor, support_labels: torch.Tensor
 ) -> tuple[str, dict[str, float]]:
     """The backbone of the pool whose features best separate the support set (leave-one-out nearest-centroid
-    accuracy, SAM.md §3), and every backbone's score. Ties go to the first in the pool's order."""
+    accuracy, SAM.md §3), and every backbone's score. Ties go to the first in the pool's order; so does a support
+    set with one image per class (nothing to hold out: every score is NaN), as Meta-Dataset episodes can be."""
     check_episode(support_pixel_values, support_labels)
+    if int(torch.bincount(support_labels).max()) < 2:
+        return next(iter(backbones)), {name: math.nan for name in backbones}
     scores = {}
     for name, model in backbones.items():
         backbone = getattr(model, "backbone", model)
@@ -235,7 +241,46 @@ def select_backbone(
     return best, scores
 
 
+class BackbonePool(nn.Module):
+    """A few-shot model over several backbones (e.g. one per training domain, SAM.md §3): each task uses the
+    backbone that `select_backbone` picks on its support set, with cosine prototypes (scale 10, bias 0).
+
+    `choices` counts the picks by name, so a study can report which backbone served which domain. With
+    `finetune_on_support` the picked backbone is then fine-tuned on the support set (selection + fine-tuning).
+    """
+
+    def __init__(self, backbones: Mapping[str, nn.Module], scale: float = 10.0):
+        super().__init__()
+        if not backbones:
+            raise ValueError("A BackbonePool needs at least one backbone.")
+        self.backbones = nn.ModuleDict({name: getattr(model, "backbone", model) for name, model in backbones.items()})
+        self.scale = scale
+        self.choices: Counter[str] = Counter()
+
+    @torch.no_grad()
+    def prepare_task(self, support_pixel_values: torch.Tensor, support_labels: torch.Tensor) -> FewShotTask:
+        name, _ = select_backbone(self.backbones, support_pixel_values, support_labels)
+        self.choices[name] += 1
+        backbone = self.backbones[name]
+        with eval_mode(backbone):
+            features = backbone_features(backbone, support_pixel_values)
+        prototypes = class_prototypes(features, support_labels, int(support_labels.max()) + 1)
+        return FewShotTask(backbone, prototypes, self.scale, 0.0, support_pixel_values.shape[-2:])
+
+    def forward(
+        self,
+        support_pixel_values: torch.Tensor,
+        support_labels: torch.Tensor,
+        query_pixel_values: torch.Tensor,
+        query_labels: torch.Tensor | None = None,
+    ) -> FewShotOutput:
+        logits = self.prepare_task(support_pixel_values, support_labels)(query_pixel_values)
+        loss = F.cross_entropy(logits, query_labels) if query_labels is not None else None
+        return FewShotOutput(loss=loss, logits=logits)
+
+
 __all__ = [
+    "BackbonePool",
     "SupportAugmentation",
     "choose_learning_rate",
     "finetune_on_support",

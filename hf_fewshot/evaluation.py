@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import datasets
@@ -26,13 +26,15 @@ from hf_fewshot.models.prototypes import eval_mode
 
 @dataclass(frozen=True)
 class DomainAccuracy:
-    """Mean query accuracy (%) of one domain over `num_episodes` episodes, with the 95% confidence interval."""
+    """Mean query accuracy (%) of one domain over `num_episodes` episodes, with the 95% confidence interval, and
+    the accuracy of every episode (for paired comparisons of models evaluated on the same episodes)."""
 
     domain: str
     mean: float
     ci95: float
     num_episodes: int
     in_domain: bool
+    episode_accuracies: tuple[float, ...] = field(default=(), repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.mean:.2f} ± {self.ci95:.2f}"
@@ -56,6 +58,10 @@ class EvaluationResults:
         means = [d.mean for d in self.domains if d.in_domain == in_domain]
         return float(np.mean(means)) if means else None
 
+    def _average_ci95(self, in_domain: bool) -> float | None:
+        half_widths = [d.ci95 for d in self.domains if d.in_domain == in_domain]
+        return float(math.sqrt(np.sum(np.square(half_widths))) / len(half_widths)) if half_widths else None
+
     @property
     def id_average(self) -> float | None:
         return self._average(True)
@@ -63,6 +69,16 @@ class EvaluationResults:
     @property
     def ood_average(self) -> float | None:
         return self._average(False)
+
+    @property
+    def id_ci95(self) -> float | None:
+        """95% CI half-width of the ID average (domains independent: `√(Σ ci_d²) / D`)."""
+        return self._average_ci95(True)
+
+    @property
+    def ood_ci95(self) -> float | None:
+        """95% CI half-width of the OOD average."""
+        return self._average_ci95(False)
 
     def __getitem__(self, domain: str) -> DomainAccuracy:
         for result in self.domains:
@@ -83,6 +99,61 @@ class EvaluationResults:
 
     def to_markdown(self) -> str:
         return results_table({"accuracy": self})
+
+    def first_episodes(self, num_episodes: int) -> EvaluationResults:
+        """The results on each domain's first `num_episodes` episodes (mean and CI recomputed): a sampler's first
+        episodes do not depend on how many it draws, so this matches a shorter evaluation with the same seed."""
+        domains = []
+        for result in self.domains:
+            if len(result.episode_accuracies) < num_episodes:
+                raise ValueError(
+                    f"{result.domain!r} has {len(result.episode_accuracies)} per-episode accuracies, fewer than "
+                    f"{num_episodes}."
+                )
+            accuracies = result.episode_accuracies[:num_episodes]
+            mean, ci95 = mean_and_ci95(accuracies)
+            domains.append(DomainAccuracy(result.domain, mean, ci95, num_episodes, result.in_domain, accuracies))
+        return EvaluationResults(tuple(domains))
+
+    def to_json_dict(self) -> dict[str, Any]:
+        """Everything, per-episode accuracies included: the inverse of `from_json_dict`."""
+        return {"domains": [asdict(result) for result in self.domains]}
+
+    @classmethod
+    def from_json_dict(cls, data: Mapping[str, Any]) -> EvaluationResults:
+        domains = []
+        for result in data["domains"]:
+            result = dict(result)
+            result["episode_accuracies"] = tuple(result.get("episode_accuracies", ()))
+            domains.append(DomainAccuracy(**result))
+        return cls(tuple(domains))
+
+
+def paired_difference(
+    results: EvaluationResults, baseline: EvaluationResults, domains: Iterable[str] | None = None
+) -> tuple[float, float]:
+    """Mean accuracy difference `results − baseline` (points) over `domains` (default: all), ± its 95% CI.
+
+    Both must come from the same episodes (same seed and settings), so the difference is taken episode by
+    episode: its CI is far tighter than the two models' own CIs suggest, because the episodes' difficulty
+    cancels. Over several domains the difference is the mean of the per-domain differences (as the ID / OOD
+    averages are) and the half-widths combine as independent: `√(Σ ci_d²) / D`.
+    """
+    names = [d.domain for d in baseline.domains] if domains is None else list(domains)
+    if not names:
+        raise ValueError("No domains to compare.")
+    means, half_widths = [], []
+    for name in names:
+        ours, theirs = results[name].episode_accuracies, baseline[name].episode_accuracies
+        if not ours or len(ours) != len(theirs):
+            raise ValueError(
+                f"A paired comparison needs both models' accuracies on the same episodes of {name!r}; got "
+                f"{len(ours)} and {len(theirs)} episodes (evaluate both with the same seed and settings)."
+            )
+        mean, ci95 = mean_and_ci95(np.subtract(ours, theirs))
+        means.append(mean)
+        half_widths.append(ci95)
+    return float(np.mean(means)), float(math.sqrt(np.sum(np.square(half_widths))) / len(names))
 
 
 def results_table(results_by_model: Mapping[str, EvaluationResults]) -> str:
@@ -186,7 +257,7 @@ def evaluate_episodes(
                 for episode in tqdm(loader, desc=f"evaluating {name}", disable=not progress, leave=False)
             ]
             mean, ci95 = mean_and_ci95(accuracies)
-            results.append(DomainAccuracy(name, mean, ci95, len(accuracies), name in in_domain))
+            results.append(DomainAccuracy(name, mean, ci95, len(accuracies), name in in_domain, tuple(accuracies)))
     return EvaluationResults(tuple(results))
 
 
@@ -196,5 +267,6 @@ __all__ = [
     "episode_metrics",
     "evaluate_episodes",
     "mean_and_ci95",
+    "paired_difference",
     "results_table",
 ]

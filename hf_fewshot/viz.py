@@ -1,10 +1,11 @@
-"""Plots for reports and model cards: per-domain accuracy, and SMAT's experts (the SMAT paper's Fig. 5 analogues):
-density per layer type and the overlap of the experts' masks. Each function saves a PNG and returns its path."""
+"""Plots for reports and model cards: per-domain accuracy, SMAT's experts (the SMAT paper's Fig. 5 analogues:
+density per layer type, overlap of the experts' masks), the ID / OOD trade-off over the sparsity level, routing
+similarity between domains and validation curves. Each function saves a PNG and returns its path."""
 
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -116,6 +117,61 @@ def plot_expert_overlap(model, path: str | Path) -> Path:
     return _save(figure, path)
 
 
+def plot_sparsity_tradeoff(results_by_sparsity: Mapping[float, EvaluationResults], path: str | Path) -> Path:
+    """ID and OOD average accuracy (± 95% CI) against SMAT's sparsity target τ: the trade-off curve."""
+    levels = sorted(results_by_sparsity)
+    figure, axis = plt.subplots(figsize=(4.2, 3.2))
+    for label, mean, ci95 in (("ID", "id_average", "id_ci95"), ("OOD", "ood_average", "ood_ci95")):
+        means = [getattr(results_by_sparsity[t], mean) for t in levels]
+        errors = [getattr(results_by_sparsity[t], ci95) for t in levels]
+        axis.errorbar(levels, means, yerr=errors, marker="o", capsize=3, label=f"{label} average")
+    axis.set_xlabel("sparsity target τ")
+    axis.set_ylabel("accuracy (%)")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
+def routing_similarity(weights_by_domain: Mapping[str, np.ndarray]) -> np.ndarray:
+    """Mean cosine similarity `[D, D]` between the expert weights of episodes of two domains (each `[episodes, M]`);
+    the diagonal is how consistently a domain is routed, off-diagonal entries how alike two domains are routed."""
+    unit = {d: w / np.linalg.norm(w, axis=1, keepdims=True).clip(1e-12) for d, w in weights_by_domain.items()}
+    names = list(unit)
+    return np.array([[float((unit[a] @ unit[b].T).mean()) for b in names] for a in names])
+
+
+def plot_routing_similarity(weights_by_domain: Mapping[str, np.ndarray], path: str | Path) -> Path:
+    """Heat map of `routing_similarity` next to each domain's mean expert weights."""
+    names = list(weights_by_domain)
+    similarity = routing_similarity(weights_by_domain)
+    means = np.stack([np.asarray(w).mean(axis=0) for w in weights_by_domain.values()])
+    figure, (left, right) = plt.subplots(1, 2, figsize=(8.0, 3.4))
+    image = left.imshow(similarity, cmap="viridis")
+    for (i, j), value in np.ndenumerate(similarity):
+        left.text(j, i, f"{value:.3f}", ha="center", va="center", fontsize=7, color="white")
+    left.set_xticks(range(len(names)), names, rotation=30, ha="right")
+    left.set_yticks(range(len(names)), names)
+    left.set_title("routing similarity (cosine)", fontsize=9)
+    figure.colorbar(image, ax=left)
+    image = right.imshow(means, vmin=0, vmax=1, cmap="magma", aspect="auto")
+    right.set_xticks(range(means.shape[1]), [f"expert {m}" for m in range(means.shape[1])], rotation=30, ha="right")
+    right.set_yticks(range(len(names)), names)
+    right.set_title("mean expert weight", fontsize=9)
+    figure.colorbar(image, ax=right)
+    return _save(figure, path)
+
+
+def plot_validation_curves(curves: Mapping[str, Sequence[tuple[float, float]]], path: str | Path) -> Path:
+    """Validation accuracy against meta-training tasks, one line per run: `{run: [(tasks, accuracy), ...]}`."""
+    figure, axis = plt.subplots(figsize=(4.2, 3.2))
+    for name, points in curves.items():
+        tasks, accuracies = zip(*points, strict=True) if points else ((), ())
+        axis.plot(tasks, accuracies, marker="o", label=name)
+    axis.set_xlabel("meta-training tasks")
+    axis.set_ylabel("validation accuracy (%)")
+    axis.legend(fontsize=8)
+    return _save(figure, path)
+
+
 __all__ = [
     "expert_density_by_layer_type",
     "expert_mask_overlap",
@@ -123,4 +179,8 @@ __all__ = [
     "plot_domain_accuracy",
     "plot_expert_density",
     "plot_expert_overlap",
+    "plot_routing_similarity",
+    "plot_sparsity_tradeoff",
+    "plot_validation_curves",
+    "routing_similarity",
 ]

@@ -7,7 +7,8 @@
 
 With the default `--backbone` and no backbone there yet, recipes/pretrain.py runs first with its own defaults.
 The meta-tuned model is saved to `{output_dir}/model` (the best validation checkpoint when
-`load_best_model_at_end`); the results table goes to stdout and `{output_dir}/results.md` / `results.json`.
+`load_best_model_at_end`); the results table goes to stdout and `{output_dir}/results.md` / `results.json`,
+the training log to `{output_dir}/log_history.json`.
 A rerun resumes from the last complete checkpoint in `output_dir`.
 """
 
@@ -56,7 +57,9 @@ class MetaTuneArguments:
     test_domains: list[str] = field(
         default_factory=lambda: list(DOMAINS), metadata={"help": "Domains of the final table (test splits)."}
     )
-    test_episodes: int = field(default=100, metadata={"help": "Test episodes per domain (600 in the papers)."})
+    test_episodes: int = field(
+        default=100, metadata={"help": "Test episodes per domain (600 in the papers); 0 skips the final evaluation."}
+    )
     hub_repo_id: str | None = field(default=None, metadata={"help": "Push the model, its card and plots here."})
 
     def __post_init__(self):
@@ -117,6 +120,10 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
         save_pretrained_atomically(trainer.model, output_dir / "model")
     if not PartialState().is_main_process:
         return ""
+    (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    if args.test_episodes == 0:  # evaluated elsewhere (e.g. by reproduce_minimeta.py on its own episodes)
+        write_card(trainer.model, args, training_args, {})
+        return ""
 
     test = {domain: load_domain(args.data_source, domain, "test") for domain in args.test_domains}
     settings = dict(
@@ -145,7 +152,7 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
 def write_card(model, args: MetaTuneArguments, training_args: FewShotTrainingArguments, results: dict) -> None:
     """The model card (results as model-index, training settings) and its plots, in the saved model folder."""
     folder = Path(training_args.output_dir) / "model"
-    plots = [plot_domain_accuracy(results, folder / "accuracy.png")]
+    plots = [plot_domain_accuracy(results, folder / "accuracy.png")] if results else []
     if args.method == "smat":
         plots += [plot_expert_density(model, folder / "expert_density.png")]
         plots += [plot_expert_overlap(model, folder / "expert_overlap.png")]
@@ -161,7 +168,7 @@ def write_card(model, args: MetaTuneArguments, training_args: FewShotTrainingArg
     card = fewshot_model_card(
         model,
         args.hub_repo_id or folder.name,
-        results[args.method],
+        results.get(args.method),
         dataset_id=args.data_source,
         protocol=training_args.episode_protocol,
         training=training,

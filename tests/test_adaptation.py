@@ -1,5 +1,7 @@
 """Test-time adaptation: full and LoRA fine-tuning on the support set, the lr chooser, backbone selection."""
 
+import math
+
 import pytest
 import torch
 from conftest import tiny_vit_config
@@ -7,6 +9,7 @@ from peft import PeftModel
 
 from hf_fewshot import EpisodeCollator, EpisodeSampler, ProtoNetModel, SmatModel, load_domain
 from hf_fewshot.adaptation import (
+    BackbonePool,
     choose_learning_rate,
     finetune_on_support,
     leave_one_out_accuracy,
@@ -168,3 +171,28 @@ def test_a_plain_hf_backbone_is_finetuned_with_a_cosine_head(episode):
     assert (task.scale, task.bias) == (10.0, 0.0) and task.n_way == 5
     assert all(torch.equal(before[k], v) for k, v in backbone.state_dict().items()), "the backbone is not touched"
     assert not torch.equal(task.backbone.state_dict()["embeddings.cls_token"], before["embeddings.cls_token"])
+
+
+def test_a_backbone_pool_picks_per_task_and_finetunes_a_copy_of_the_pick(episode):
+    support, labels, query = episode["support_pixel_values"], episode["support_labels"], episode["query_pixel_values"]
+    useful, blind = tiny(), tiny()
+    with torch.no_grad():  # a backbone whose features ignore the image cannot separate the support set
+        blind.backbone.embeddings.patch_embeddings.projection.weight.zero_()
+    pool = BackbonePool({"blind": blind, "useful": useful})
+    logits = pool(support, labels, query).logits
+    assert pool.choices == {"useful": 1}
+    assert torch.allclose(logits, useful.prepare_task(support, labels)(query), atol=1e-5)
+    before = snapshot(pool)
+    task = finetune_on_support(pool, support, labels, "full", 1e-3, steps=2)
+    assert pool.choices == {"useful": 2}
+    assert all(torch.equal(before[k], v) for k, v in pool.state_dict().items()), "the pool itself never changes"
+    assert not torch.equal(task.backbone.embeddings.cls_token, useful.backbone.embeddings.cls_token)
+    with pytest.raises(ValueError, match="at least one backbone"):
+        BackbonePool({})
+
+
+def test_a_support_set_of_one_image_per_class_falls_back_to_the_first_backbone(episode):
+    first_of_each_class = [int((episode["support_labels"] == label).nonzero()[0]) for label in range(5)]
+    support, labels = episode["support_pixel_values"][first_of_each_class], torch.arange(5)
+    best, scores = select_backbone({"first": tiny(), "second": tiny()}, support, labels)
+    assert best == "first" and all(math.isnan(score) for score in scores.values())

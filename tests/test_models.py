@@ -416,3 +416,17 @@ def test_more_dense_teacher_steps_move_the_teacher_further(smat):
         output.loss.backward()
         losses[steps] = output.distillation_loss
     assert torch.isfinite(losses[2]) and not torch.equal(losses[1], losses[2])
+
+
+def test_without_dense_teachers_the_loss_has_no_distillation_and_still_trains(smat):
+    smat.train()
+    smat.config.kd_weight = 0.0
+    with torch.no_grad():
+        smat.delta.normal_(0, 1e-2)
+    torch.manual_seed(5)
+    output = smat(*episode())
+    assert output.distillation_loss == 0.0
+    others = output.sparsity_loss + output.multiplier_loss + output.router_penalty
+    assert torch.allclose(output.loss, output.classification_loss + others)
+    output.loss.backward()
+    assert smat.delta.grad is not None and smat.delta.grad.abs().sum() > 0

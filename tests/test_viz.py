@@ -1,4 +1,5 @@
-"""Plots: per-domain accuracy bars, SMAT expert density per layer type, expert mask overlap."""
+"""Plots: per-domain accuracy bars, SMAT expert density per layer type, expert mask overlap, routing similarity,
+the ID / OOD trade-off over τ and validation curves."""
 
 import numpy as np
 import torch
@@ -14,6 +15,10 @@ from hf_fewshot.viz import (
     plot_domain_accuracy,
     plot_expert_density,
     plot_expert_overlap,
+    plot_routing_similarity,
+    plot_sparsity_tradeoff,
+    plot_validation_curves,
+    routing_similarity,
 )
 
 
@@ -55,3 +60,26 @@ def test_domain_accuracy_plot(tmp_path):
         (DomainAccuracy("glyphs", 60.0, 2.0, 600, True), DomainAccuracy("digits", 50, 1, 600, False))
     )
     assert is_png(plot_domain_accuracy({"backbone": results, "smat": results}, tmp_path / "plots" / "accuracy.png"))
+
+
+def test_routing_similarity_of_known_weights(tmp_path):
+    weights = {
+        "a": np.array([[1.0, 0.0], [1.0, 0.0]]),
+        "b": np.array([[0.0, 1.0], [0.0, 1.0]]),
+        "c": np.array([[1.0, 0.0], [0.0, 1.0]]),
+    }
+    similarity = routing_similarity(weights)
+    assert np.allclose(similarity, [[1.0, 0.0, 0.5], [0.0, 1.0, 0.5], [0.5, 0.5, 0.5]])
+    assert is_png(plot_routing_similarity(weights, tmp_path / "routing.png"))
+
+
+def test_tradeoff_and_validation_curve_plots(tmp_path):
+    def results(id_mean, ood_mean):
+        return EvaluationResults(
+            (DomainAccuracy("glyphs", id_mean, 2.0, 600, True), DomainAccuracy("digits", ood_mean, 1.0, 600, False))
+        )
+
+    by_sparsity = {0.25: results(60, 40), 0.5: results(58, 42), 0.75: results(55, 45)}
+    assert is_png(plot_sparsity_tradeoff(by_sparsity, tmp_path / "tradeoff.png"))
+    curves = {"SMAT": [(200, 50.0), (400, 55.0)], "SMAT without dense teachers": [(200, 45.0), (400, 52.0)]}
+    assert is_png(plot_validation_curves(curves, tmp_path / "curves.png"))

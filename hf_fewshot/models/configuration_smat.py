@@ -18,7 +18,8 @@ class SmatConfig(FewShotConfig):
     logit_scale (`float`, 10.0): fixed scale of the cosine prototype head (SMAT trains no scale or bias).
     inner_lr (`float`, 1e-3): the first-order inner SGD step on the support set.
     teacher_lr (`float`, 5e-3), teacher_steps (`int`, 1): the dense teacher's gradient steps on the query loss.
-    kd_weight (`float`, 0.25), kd_temperature (`float`, 2.0): λ_kd and T of the distillation loss.
+    kd_weight (`float`, 0.25), kd_temperature (`float`, 2.0): λ_kd and T of the distillation loss; `kd_weight=0`
+        trains without the dense teachers (neither is computed: the "without dense teachers" ablation).
     kd_reverse (`bool`, False): KL(student‖teacher) as the released code instead of KL(teacher‖student).
     gate_beta (`float`, 2/3), gate_beta_eval (`float`, 1.0): hard-concrete temperature in training / eval.
     gate_gamma (`float`, -0.1), gate_zeta (`float`, 1.1): the stretch interval of the hard-concrete gates.

@@ -506,11 +506,16 @@ class SmatModel(FewShotPreTrainedModel):
             return SmatOutput(logits=logits, expert_weights=weights.detach(), router_tau=self.router_tau)
 
         classification_loss = F.cross_entropy(logits, query_labels)
-        teacher_logits = self._dense_teacher_logits(
-            classification_loss, adapted, adapted_head, query_pixel_values, query_labels
-        )
-        pre_logits = cosine_logits(pre_features[n_support:], pre_prototypes, scale)
-        distillation_loss = 0.5 * (self._distillation(logits, teacher_logits) + self._distillation(logits, pre_logits))
+        if config.kd_weight > 0:
+            teacher_logits = self._dense_teacher_logits(
+                classification_loss, adapted, adapted_head, query_pixel_values, query_labels
+            )
+            pre_logits = cosine_logits(pre_features[n_support:], pre_prototypes, scale)
+            distillation_loss = 0.5 * (
+                self._distillation(logits, teacher_logits) + self._distillation(logits, pre_logits)
+            )
+        else:  # no dense teachers (the ablation): neither teacher is computed
+            distillation_loss = torch.zeros_like(classification_loss)
 
         gap = sparsity - config.sparsity_target
         with torch.no_grad():  # an expert already sparse enough has its multiplier reset

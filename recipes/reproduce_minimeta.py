@@ -1,0 +1,648 @@
+"""Reproduce the claims of SMAT (ICML 2024) and of flat backbones (arXiv 2404.07696) in miniature on MiniMeta.
+
+    python recipes/reproduce_minimeta.py            # the study (≈ 75 minutes on 2 CPU cores) → reports/minimeta/
+    python recipes/reproduce_minimeta.py --quick    # every stage on a smoke budget (≤ 10 minutes)
+    python recipes/reproduce_minimeta.py --quick --test_episodes 100   # a preset, then flags override it
+
+1. Pre-training: the tiny ViT of recipes/pretrain.py with ERM and with SAM (same epochs), then one backbone per
+   training domain fine-tuned from the SAM one with SAM (SAM.md §3 "information fusion"; same steps each).
+2. Meta-tuning from the SAM backbone, all on the same tasks (same seed and number): P>M>F and SMAT, and the SMAT
+   ablations (sparsity τ, number of experts, no dense teachers).
+3. Evaluation on every MiniMeta test split, all models on the same fixed episodes: each model as is, and the
+   backbone, P>M>F and SMAT fine-tuned on every support set (full and LoRA; learning rates chosen on validation
+   episodes of the training domains); ERM vs SAM; backbone selection + fine-tuning; routing per domain.
+4. The report: `{report_dir}/README.md` (tables, verdict per claim with paired 95% CIs, commands, seeds, wall
+   times) and its PNG plots.
+
+Every stage keeps its output under `--output_dir` and is skipped on a rerun; an interrupted training resumes from
+its last checkpoint, an interrupted evaluation from its last finished cell.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import sys
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import meta_tune
+import numpy as np
+import pretrain
+import torch
+import transformers
+from tqdm.auto import tqdm
+
+import hf_fewshot
+from hf_fewshot import evaluate_episodes, load_domain
+from hf_fewshot.adaptation import BackbonePool
+from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, episode_loader
+from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
+from hf_fewshot.data.transforms import EvalTransform
+from hf_fewshot.evaluation import EvaluationResults, paired_difference
+from hf_fewshot.models import load_fewshot_model
+from hf_fewshot.models.prototypes import eval_mode
+from hf_fewshot.training.cli import parse_recipe_arguments
+from hf_fewshot.viz import (
+    expert_density_by_layer_type,
+    plot_domain_accuracy,
+    plot_expert_density,
+    plot_expert_overlap,
+    plot_routing_similarity,
+    plot_sparsity_tradeoff,
+    plot_validation_curves,
+    routing_similarity,
+)
+
+OOD_DOMAINS = tuple(domain for domain in DOMAINS if domain not in TRAIN_DOMAINS)
+MAIN_SPARSITY, MAIN_EXPERTS = 0.5, 4  # the SMAT of the main comparison (the demo's meta_tune.py defaults)
+FULL = dict(
+    pretrain_epochs=10,
+    domain_backbone_steps=300,
+    meta_tasks=800,
+    validation_episodes=50,
+    test_episodes=600,
+    finetune_episodes=200,
+    finetune_steps=5,
+    routing_episodes=100,
+)
+QUICK = dict(
+    output_dir="runs/reproduce-minimeta-quick",
+    report_dir="runs/reproduce-minimeta-quick/report",  # the committed report is the full study's
+    pretrain_epochs=1,
+    domain_backbone_steps=30,
+    meta_tasks=48,
+    validation_episodes=10,
+    test_episodes=40,
+    finetune_episodes=12,
+    finetune_steps=5,
+    routing_episodes=20,
+)
+
+
+@dataclass
+class StudyArguments:
+    quick: bool = field(default=False, metadata={"help": "The smoke preset (≤ 10 minutes); flags still override it."})
+    output_dir: str = field(default="runs/reproduce-minimeta", metadata={"help": "Models, results and timings."})
+    report_dir: str = field(default="reports/minimeta", metadata={"help": "The Markdown report and its plots."})
+    seed: int = field(default=0, metadata={"help": "Seed of every training run and of the evaluation episodes."})
+    pretrain_epochs: float = field(default=10, metadata={"help": "Epochs of the ERM and the SAM backbone."})
+    domain_backbone_steps: int = field(default=300, metadata={"help": "SAM steps of each per-domain backbone."})
+    meta_tasks: int = field(default=800, metadata={"help": "Tasks of every meta-tuning run (2 per update)."})
+    validation_episodes: int = field(
+        default=50, metadata={"help": "Validation episodes per training domain (checkpoints, fine-tuning lr)."}
+    )
+    test_episodes: int = field(default=600, metadata={"help": "Test episodes per domain, the same for every model."})
+    finetune_episodes: int = field(
+        default=200, metadata={"help": "Test episodes per domain of the fine-tuned rows: the first of the test ones."}
+    )
+    finetune_steps: int = field(default=5, metadata={"help": "Fine-tuning steps on each support set."})
+    finetune_learning_rates: list[float] = field(
+        default_factory=lambda: [1e-4, 3e-4, 1e-3],
+        metadata={"help": "Grid of the full fine-tuning lr (LoRA: 10×), chosen on validation episodes."},
+    )
+    routing_episodes: int = field(default=100, metadata={"help": "Episodes per domain for the routing analysis."})
+    sparsity_targets: list[float] = field(default_factory=lambda: [0.25, 0.5, 0.75], metadata={"help": "τ values."})
+    expert_counts: list[int] = field(default_factory=lambda: [2, 4, 8], metadata={"help": "Numbers of experts."})
+    max_ways: int = field(default=10, metadata={"help": "Most classes in an episode (Meta-Dataset sampling)."})
+    max_support: int = field(default=50, metadata={"help": "Most support images in an episode."})
+
+    def __post_init__(self):
+        if MAIN_SPARSITY not in self.sparsity_targets or MAIN_EXPERTS not in self.expert_counts:
+            raise ValueError(
+                f"sparsity_targets must include {MAIN_SPARSITY} and expert_counts {MAIN_EXPERTS}: the main SMAT "
+                "is one point of each ablation."
+            )
+
+
+def smat_name(sparsity: float = MAIN_SPARSITY, experts: int = MAIN_EXPERTS, teachers: bool = True) -> str:
+    """The run folder of a SMAT variant ("smat" for the main one)."""
+    name = "smat" if (sparsity, experts) == (MAIN_SPARSITY, MAIN_EXPERTS) else f"smat-tau{sparsity}-m{experts}"
+    return name if teachers else f"{name}-no-teachers"
+
+
+def smat_cell(sparsity: float = MAIN_SPARSITY, experts: int = MAIN_EXPERTS, teachers: bool = True) -> str:
+    """The results name of a SMAT variant ("SMAT" for the main one, as in the tables)."""
+    name = smat_name(sparsity, experts, teachers)
+    return "SMAT" if name == "smat" else name
+
+
+def matched_gates_cell(sparsity: float) -> str:
+    """The results name of a τ run evaluated with training-temperature gates."""
+    return f"{smat_cell(sparsity)} @ training-temperature gates"
+
+
+def with_training_temperature_gates(path: Path):
+    """A saved SMAT whose eval gates use the training temperature β instead of β_eval (still noise-free): the
+    eval masks then have the sparsity the Lagrangian enforced in training, even when the gates are not saturated."""
+    model = load_fewshot_model(str(path))
+    model.config.gate_beta_eval = model.config.gate_beta
+    return model
+
+
+class Study:
+    """The stages of the study over one output folder: each stage's result is kept and reused on a rerun."""
+
+    def __init__(self, args: StudyArguments):
+        self.args = args
+        self.root = Path(args.output_dir)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.check_settings()
+        self.timings_path = self.root / "timings.json"
+        self.timings: dict[str, float] = (
+            json.loads(self.timings_path.read_text()) if self.timings_path.exists() else {}
+        )
+        self.commands: list[str] = []
+        self.cells: list[str] = []
+        self.test = {domain: load_domain("minimeta", domain, "test") for domain in DOMAINS}
+        self.validation = {domain: load_domain("minimeta", domain, "validation") for domain in TRAIN_DOMAINS}
+        self.episodes = dict(protocol="md", max_ways=args.max_ways, max_support=args.max_support, image_size=32)
+
+    # ----------------------------------------------------------------------------------------- bookkeeping
+    def check_settings(self) -> None:
+        """Refuse to resume a study that ran with other settings: its finished stages would be reused silently."""
+        settings = {k: v for k, v in asdict(self.args).items() if k not in ("quick", "report_dir")}
+        path = self.root / "settings.json"
+        if path.exists():
+            previous = json.loads(path.read_text())
+            changed = sorted(k for k in settings.keys() | previous.keys() if settings.get(k) != previous.get(k))
+            if changed:
+                raise ValueError(
+                    f"{self.root} holds a study run with other settings ({', '.join(changed)}); resume it with the "
+                    "same flags, or give another --output_dir."
+                )
+        write_atomically(path, json.dumps(settings, indent=1))
+
+    def timed(self, name: str, run: Callable[[], object]) -> None:
+        """Run a stage unless a previous run finished it; record its wall time."""
+        if name in self.timings:
+            return
+        start = time.perf_counter()
+        run()
+        self.timings[name] = time.perf_counter() - start
+        write_atomically(self.timings_path, json.dumps(self.timings, indent=1))
+
+    def backbone(self, name: str) -> Path:
+        return self.root / "backbones" / name / "backbone"
+
+    def meta_tuned(self, name: str) -> Path:
+        return self.root / "meta" / name / "model"
+
+    # ------------------------------------------------------------------------------------------- training
+    def pretrain(self, name: str, argv: list[str]) -> None:
+        argv = [*argv, "--output_dir", str(self.backbone(name).parent), "--seed", str(self.args.seed)]
+        self.commands.append("python recipes/pretrain.py " + " ".join(argv))
+        self.timed(f"pretrain {name}", lambda: pretrain.main(argv))
+
+    def meta_tune(self, name: str, method: str, model_config: Mapping) -> None:
+        steps = max(1, self.args.meta_tasks // 2)
+        every = max(1, steps // 4)
+        argv = [
+            "--method", method, "--backbone", str(self.backbone("sam")),
+            "--output_dir", str(self.meta_tuned(name).parent), "--model_config", json.dumps(dict(model_config)),
+            "--max_steps", str(steps), "--eval_steps", str(every), "--save_steps", str(every),
+            "--logging_steps", str(every), "--eval_episodes", str(self.args.validation_episodes),
+            "--test_episodes", "0", "--seed", str(self.args.seed),
+        ]  # fmt: skip
+        self.commands.append("python recipes/meta_tune.py " + " ".join(f"'{a}'" if "{" in a else a for a in argv))
+        self.timed(f"meta-tune {name}", lambda: meta_tune.main(argv))
+
+    def train_everything(self) -> None:
+        epochs = str(self.args.pretrain_epochs)
+        self.pretrain("erm", ["--num_train_epochs", epochs, "--sam_rho", "0"])
+        self.pretrain("sam", ["--num_train_epochs", epochs, "--sam_rho", "0.05"])
+        for domain in TRAIN_DOMAINS:
+            self.pretrain(
+                f"sam-{domain}",
+                ["--backbone", str(self.backbone("sam")), "--domains", domain,
+                 "--max_steps", str(self.args.domain_backbone_steps), "--sam_rho", "0.05"],
+            )  # fmt: skip
+        self.meta_tune("pmf", "protonet", {})
+        for sparsity, experts, teachers in self.smat_variants():
+            config = {"num_experts": experts, "sparsity_target": sparsity, "router_tau_decay_tasks": 200}
+            self.meta_tune(
+                smat_name(sparsity, experts, teachers), "smat", config | ({} if teachers else {"kd_weight": 0.0})
+            )
+
+    def smat_variants(self) -> list[tuple[float, int, bool]]:
+        """(τ, experts, dense teachers) of every SMAT run: the main one first, then each ablation's other points."""
+        variants = [(MAIN_SPARSITY, MAIN_EXPERTS, True)]
+        variants += [(tau, MAIN_EXPERTS, True) for tau in self.args.sparsity_targets if tau != MAIN_SPARSITY]
+        variants += [(MAIN_SPARSITY, m, True) for m in self.args.expert_counts if m != MAIN_EXPERTS]
+        return variants + [(MAIN_SPARSITY, MAIN_EXPERTS, False)]
+
+    # ----------------------------------------------------------------------------------------- evaluation
+    def evaluate(self, name: str, load: Callable[[], torch.nn.Module], finetune: Mapping | None = None):
+        """One cell of the results: a model on the test episodes of every domain (cached in results/). Domain by
+        domain (the episodes of a domain depend only on the seed), so a pool's choices are counted per domain."""
+        path = self.root / "results" / f"{name}.json"
+        if not path.exists():
+            start = time.perf_counter()
+            model = load()
+            episodes = self.args.finetune_episodes if finetune else self.args.test_episodes
+            domains, choices = [], {}
+            for domain, dataset in self.test.items():
+                result = evaluate_episodes(
+                    model, {domain: dataset}, episodes, in_domain=set(TRAIN_DOMAINS) & {domain},
+                    seed=self.args.seed, finetune=finetune, **self.episodes,
+                )  # fmt: skip
+                domains += result.domains
+                if isinstance(model, BackbonePool):
+                    choices[domain] = dict(model.choices)
+                    model.choices.clear()
+            results = EvaluationResults(tuple(domains))
+            record = {"results": results.to_json_dict(), "seconds": time.perf_counter() - start, "choices": choices}
+            write_atomically(path, json.dumps(record))
+        return EvaluationResults.from_json_dict(self.cell_record(name)["results"])
+
+    def finetune_learning_rate(self, mode: str) -> float:
+        """The full fine-tuning lr of the grid that does best on validation episodes of the training domains,
+        fine-tuning the SAM backbone (no test label is seen; the test-only domains have no validation split)."""
+        path = self.root / "results" / f"finetune-lr-{mode}.json"
+        if not path.exists():
+            model = load_fewshot_model(str(self.backbone("sam")))
+            scores = {}
+            for rate in self.args.finetune_learning_rates:
+                finetune = dict(mode=mode, learning_rate=rate, steps=self.args.finetune_steps)
+                results = evaluate_episodes(
+                    model, self.validation, self.args.validation_episodes, in_domain=TRAIN_DOMAINS,
+                    seed=self.args.seed, finetune=finetune, **self.episodes,
+                )  # fmt: skip
+                scores[rate] = results.id_average
+            write_atomically(path, json.dumps({str(rate): score for rate, score in scores.items()}))
+        scores = {float(rate): score for rate, score in json.loads(path.read_text()).items()}
+        return max(scores, key=lambda rate: (scores[rate], -rate))
+
+    def finetune(self, mode: str) -> dict:
+        return dict(mode=mode, learning_rate=self.finetune_learning_rate(mode), steps=self.args.finetune_steps)
+
+    def evaluate_everything(self) -> dict[str, EvaluationResults]:
+        fewshot = lambda path: lambda: load_fewshot_model(str(path))  # noqa: E731
+        models = {
+            "ERM backbone": fewshot(self.backbone("erm")),
+            "SAM backbone": fewshot(self.backbone("sam")),
+            "P>M>F": fewshot(self.meta_tuned("pmf")),
+            "SMAT": fewshot(self.meta_tuned("smat")),
+            "selection (SAM pool)": self.backbone_pool,
+        }
+        results = {}
+        self.timed("choose fine-tuning learning rates", lambda: [self.finetune(mode) for mode in ("full", "lora")])
+        plan = [(name, load, None) for name, load in models.items()]
+        for mode in ("full", "lora"):
+            plan += [(f"{name} + {mode} FT", models[name], mode) for name in ("SAM backbone", "P>M>F", "SMAT")]
+        plan += [(f"{name} + full FT", models[name], "full") for name in ("ERM backbone", "selection (SAM pool)")]
+        for sparsity, experts, teachers in self.smat_variants()[1:]:
+            run = self.meta_tuned(smat_name(sparsity, experts, teachers))
+            plan.append((smat_cell(sparsity, experts, teachers), fewshot(run), None))
+        for sparsity in self.args.sparsity_targets:  # diagnostic: eval gates as sparse as the training ones
+            run = self.meta_tuned(smat_name(sparsity))
+            plan.append((matched_gates_cell(sparsity), lambda run=run: with_training_temperature_gates(run), None))
+        self.cells = [name for name, _, _ in plan]
+        for name, load, mode in tqdm(plan, desc="evaluation cells"):
+            results[name] = self.evaluate(name, load, self.finetune(mode) if mode else None)
+        return results
+
+    def cell_names(self) -> list[str]:
+        """The evaluation cells of this study, in the order they ran."""
+        return [name for name in self.cells if (self.root / "results" / f"{name}.json").exists()]
+
+    def cell_record(self, name: str) -> dict:
+        """What `evaluate` stored for a cell: results, wall time (seconds), the pool's choices."""
+        return json.loads((self.root / "results" / f"{name}.json").read_text())
+
+    def backbone_pool(self) -> BackbonePool:
+        names = ["sam", *(f"sam-{domain}" for domain in TRAIN_DOMAINS)]
+        return BackbonePool({name: load_fewshot_model(str(self.backbone(name))) for name in names})
+
+    def routing_weights(self) -> dict[str, np.ndarray]:
+        """SMAT's expert weights `[episodes, M]` on the test episodes of each domain (eval routing)."""
+        path = self.root / "results" / "routing.json"
+        if not path.exists():
+            model = load_fewshot_model(str(self.meta_tuned("smat")))
+            weights = {}
+            with eval_mode(model), torch.no_grad():
+                for domain, dataset in self.test.items():
+                    sampler = EpisodeSampler.from_dataset(
+                        dataset, protocol="md", seed=self.args.seed, num_episodes=self.args.routing_episodes,
+                        max_ways=self.args.max_ways, max_support=self.args.max_support,
+                    )  # fmt: skip
+                    loader = episode_loader(sampler, EpisodeCollator(dataset, EvalTransform(32)))
+                    weights[domain] = [
+                        model(
+                            e["support_pixel_values"], e["support_labels"], e["query_pixel_values"]
+                        ).expert_weights.tolist()
+                        for e in loader
+                    ]
+            write_atomically(path, json.dumps(weights))
+        return {domain: np.asarray(w) for domain, w in json.loads(path.read_text()).items()}
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a whole file or nothing: an interrupted study never leaves a truncated result behind."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    staging = path.with_name(f".{path.name}.tmp")
+    staging.write_text(text + "\n")
+    os.replace(staging, path)
+
+
+# ------------------------------------------------------------------------------------------------ the report
+def verdict(difference: float, ci95: float, expectation: str = "better") -> str:
+    """Whether a paired difference supports the claim: "better" needs it above 0 beyond the CI, "not worse"
+    needs the CI to reach 0 or above."""
+    low, high = difference - ci95, difference + ci95
+    if expectation == "not worse":
+        return "**reproduced**" if high >= 0 else "**not reproduced** (significantly worse)"
+    if expectation == "worse":
+        low, high = -high, -low
+    if low > 0:
+        return "**reproduced**"
+    return "**not reproduced** (significantly opposite)" if high < 0 else "**not reproduced** (within the CI)"
+
+
+def claim_row(claim: str, ours: EvaluationResults, baseline: EvaluationResults, split: str, expectation: str) -> str:
+    domains = [d.domain for d in ours.domains if d.in_domain == (split == "ID")]
+    common = min(d.num_episodes for d in (*ours.domains, *baseline.domains))  # FT rows: the first test episodes
+    difference, ci95 = paired_difference(ours.first_episodes(common), baseline.first_episodes(common), domains)
+    return f"| {claim} | {split} | {difference:+.2f} ± {ci95:.2f} | {verdict(difference, ci95, expectation)} |"
+
+
+def methods_table(results: Mapping[str, EvaluationResults]) -> str:
+    """The papers' Table 1 layout: one row per model, one column per domain (ID first), then the averages."""
+    first = next(iter(results.values()))
+    domains = sorted(first.domains, key=lambda d: not d.in_domain)
+    header = " | ".join(f"{d.domain} ({'ID' if d.in_domain else 'OOD'})" for d in domains)
+    lines = [f"| model | episodes | {header} | ID average | OOD average |", "|---" * (len(domains) + 4) + "|"]
+    for name, result in results.items():
+        cells = f"{result.domains[0].num_episodes} | " + " | ".join(str(result[d.domain]) for d in domains)
+        averages = f"**{result.id_average:.2f}** ± {result.id_ci95:.2f} | "
+        averages += f"**{result.ood_average:.2f}** ± {result.ood_ci95:.2f}"
+        lines.append(f"| {name} | {cells} | {averages} |")
+    return "\n".join(lines)
+
+
+def validation_curve(study: Study, name: str) -> list[tuple[float, float]]:
+    history = json.loads((study.meta_tuned(name).parent / "log_history.json").read_text())
+    return [(2 * entry["step"], entry["eval_accuracy"]) for entry in history if "eval_accuracy" in entry]
+
+
+@torch.no_grad()
+def gate_sparsity(model) -> tuple[float, float]:
+    """(Expected sparsity of the training gates, measured sparsity of the eval gates), averaged over experts."""
+    training = 1.0 - float(model.expected_density().mean())
+    with eval_mode(model):
+        return training, float(model.expert_sparsity().mean())
+
+
+def write_report(study: Study, results: Mapping[str, EvaluationResults]) -> Path:
+    args, report = study.args, Path(study.args.report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    smat = load_fewshot_model(str(study.meta_tuned("smat")))
+    plots = {
+        "accuracy.png": plot_domain_accuracy(
+            {name: results[name] for name in ("SAM backbone", "P>M>F", "SMAT", "SMAT + full FT")},
+            report / "accuracy.png",
+        ),
+        "flatness.png": plot_domain_accuracy(
+            {
+                name: results[name]
+                for name in (
+                    "ERM backbone",
+                    "SAM backbone",
+                    "ERM backbone + full FT",
+                    "SAM backbone + full FT",
+                    "selection (SAM pool) + full FT",
+                )
+            },
+            report / "flatness.png",
+        ),  # fmt: skip
+        "sparsity_tradeoff.png": plot_sparsity_tradeoff(
+            {tau: results[smat_cell(tau)] for tau in args.sparsity_targets}, report / "sparsity_tradeoff.png"
+        ),
+        "sparsity_tradeoff_training_gates.png": plot_sparsity_tradeoff(
+            {tau: results[matched_gates_cell(tau)] for tau in args.sparsity_targets},
+            report / "sparsity_tradeoff_training_gates.png",
+        ),
+        "expert_density.png": plot_expert_density(smat, report / "expert_density.png"),
+        "expert_overlap.png": plot_expert_overlap(smat, report / "expert_overlap.png"),
+        "routing_similarity.png": plot_routing_similarity(study.routing_weights(), report / "routing_similarity.png"),
+        "dense_teachers.png": plot_validation_curves(
+            {
+                "SMAT": validation_curve(study, "smat"),
+                "SMAT without dense teachers": validation_curve(study, smat_name(teachers=False)),
+            },
+            report / "dense_teachers.png",
+        ),  # fmt: skip
+    }
+    sections = [
+        header(study),
+        claims_section(study, results),
+        "## Table 1: meta-tuning and fine-tuning\n\nTest accuracy (%), mean ± 95% CI over "
+        f"{args.test_episodes} episodes per domain (FT rows: the first {args.finetune_episodes} of them); the "
+        "averages' CIs combine the domains' as independent.\n\n"
+        + methods_table(
+            {name: results[name] for name in results if name.split(" + ")[0] in ("SAM backbone", "P>M>F", "SMAT")}
+        )
+        + "\n\n![per-domain accuracy](accuracy.png)",
+        flatness_section(study, results),
+        ablation_section(study, results),
+        experts_section(study, smat),
+        commands_section(study),
+    ]
+    path = report / "README.md"
+    write_atomically(path, "\n\n".join(sections))
+    assert all(plot.exists() for plot in plots.values())
+    return path
+
+
+def header(study: Study) -> str:
+    args = study.args
+    rates = {mode: study.finetune_learning_rate(mode) for mode in ("full", "lora")}
+    command = "python recipes/reproduce_minimeta.py" + (" --quick" if args.quick else "")
+    total = sum(study.timings.values()) + sum(study.cell_record(n)["seconds"] for n in study.cell_names())
+    return f"""# hf-fewshot on MiniMeta: SMAT and flat backbones in miniature
+
+Generated by `{command}` (hf-fewshot {hf_fewshot.__version__}, torch {torch.__version__}, transformers
+{transformers.__version__}; {platform.machine()}, {os.cpu_count()} CPU cores, no GPU). Wall time of all stages:
+{total / 60:.1f} minutes. What went as claimed, what did not and why: [FINDINGS.md](FINDINGS.md).
+
+## Setup
+
+- **Data**: MiniMeta (32 px). Meta-training and pre-training use the train (and validation) classes of
+  {", ".join(TRAIN_DOMAINS)}; the tables score the test classes of every domain: **ID** = {", ".join(TRAIN_DOMAINS)}
+  (unseen classes of the training domains), **OOD** = {", ".join(OOD_DOMAINS)} (unseen domains).
+- **Backbones**: the tiny ViT of `recipes/pretrain.py` (width 128, 4 layers, 8-px patches: 16 tokens), trained
+  from scratch for {args.pretrain_epochs:g} epochs with ERM and with SAM (ρ 0.05); per-domain backbones: the SAM
+  backbone fine-tuned with SAM for {args.domain_backbone_steps} steps on one training domain each.
+- **Meta-tuning**: from the SAM backbone, {args.meta_tasks} tasks per run (2 per update), the same tasks for every
+  run (seed {args.seed}); SMAT: {MAIN_EXPERTS} experts, τ {MAIN_SPARSITY}; P>M>F with the same learning rate and
+  schedule.
+  The checkpoint with the best validation accuracy ({args.validation_episodes} episodes per training domain) is kept.
+- **Episodes**: Meta-Dataset sampling (variable ways and shots), ≤ {args.max_ways} ways, ≤ {args.max_support} support
+  images; {args.test_episodes} test episodes per domain, the same episodes for every model (seed {args.seed}); the
+  fine-tuned (FT) rows use the first {args.finetune_episodes} of them (one FT episode costs ~10× an episode
+  without FT on this CPU: all FT rows on 600 episodes would not fit the study's 90-minute budget).
+- **Fine-tuning** (FT) on each support set: {args.finetune_steps} AdamW steps; learning rate full {rates["full"]:g},
+  LoRA {10 * rates["lora"]:g} (r 8, α 32, q/v), chosen from {args.finetune_learning_rates} (LoRA: 10×) by the
+  fine-tuned SAM backbone's accuracy on validation episodes of the training domains.
+- **Claims** are judged on paired differences: the same episodes for both models, so the 95% CI is that of the
+  per-episode difference (averaged over the domains of the split)."""
+
+
+def claims_section(study: Study, results: Mapping[str, EvaluationResults]) -> str:
+    r, taus = results, sorted(study.args.sparsity_targets)
+    sparse, dense, no_teachers = r[smat_cell(taus[-1])], r[smat_cell(taus[0])], r[smat_cell(teachers=False)]
+    matched = [r[matched_gates_cell(taus[0])], r[matched_gates_cell(taus[-1])]]
+    claims = [
+        ("SMAT ≥ P>M>F in-domain", "SMAT", "P>M>F", "ID", "not worse"),
+        ("SMAT > P>M>F out of domain", "SMAT", "P>M>F", "OOD", "better"),
+        ("SMAT + full FT > P>M>F + full FT out of domain", "SMAT + full FT", "P>M>F + full FT", "OOD", "better"),
+        ("SAM backbone > ERM backbone on unseen domains", "SAM backbone", "ERM backbone", "OOD", "better"),
+        ("… both fine-tuned (the flatness paper's setting)", "SAM backbone + full FT", "ERM backbone + full FT",
+         "OOD", "better"),
+        ("fine-tuning adds out of domain: SMAT + full FT > SMAT", "SMAT + full FT", "SMAT", "OOD", "better"),
+        ("… SMAT + LoRA FT > SMAT", "SMAT + lora FT", "SMAT", "OOD", "better"),
+        ("… P>M>F + full FT > P>M>F", "P>M>F + full FT", "P>M>F", "OOD", "better"),
+        ("… SAM backbone + full FT > SAM backbone", "SAM backbone + full FT", "SAM backbone", "OOD", "better"),
+        ("selection + FT > SAM backbone + FT", "selection (SAM pool) + full FT", "SAM backbone + full FT", "OOD",
+         "better"),
+    ]  # fmt: skip
+    rows = [claim_row(claim, r[ours], r[theirs], split, expected) for claim, ours, theirs, split, expected in claims]
+    rows += [
+        claim_row(f"τ trades ID for OOD: τ {taus[-1]} < τ {taus[0]} in-domain", sparse, dense, "ID", "worse"),
+        claim_row(f"… and τ {taus[-1]} > τ {taus[0]} out of domain", sparse, dense, "OOD", "better"),
+        claim_row("… with training-temperature eval gates, in-domain", matched[-1], matched[0], "ID", "worse"),
+        claim_row("… with training-temperature eval gates, out of domain", matched[-1], matched[0], "OOD", "better"),
+        claim_row("dense teachers help at equal tasks", r["SMAT"], no_teachers, "ID", "better"),
+        claim_row("… out of domain", r["SMAT"], no_teachers, "OOD", "better"),
+    ]
+    return (
+        "## Claims\n\nDifference in accuracy points (first model − second), paired over the same test episodes (the "
+        "first ones of the FT rows when one is involved), "
+        "mean ± 95% CI over the domains of the split.\n\n| claim | split | difference | verdict |\n|---|---|---|---|\n"
+        + "\n".join(rows)
+    )
+
+
+def flatness_section(study: Study, results: Mapping[str, EvaluationResults]) -> str:
+    names = ["ERM backbone", "SAM backbone", "ERM backbone + full FT", "SAM backbone + full FT",
+             "selection (SAM pool)", "selection (SAM pool) + full FT"]  # fmt: skip
+    choices = study.cell_record("selection (SAM pool)")["choices"]
+    pool = sorted({name for counts in choices.values() for name in counts})
+    lines = ["| test domain | " + " | ".join(pool) + " |", "|---" * (len(pool) + 1) + "|"]
+    lines += [f"| {d} | " + " | ".join(str(counts.get(n, 0)) for n in pool) + " |" for d, counts in choices.items()]
+    return (
+        "## Flat backbones: ERM vs SAM, backbone selection\n\nThe flatness paper's comparison: the same backbone "
+        "trained with ERM or SAM, evaluated as is and fine-tuned on each support set; then the per-domain SAM "
+        "backbones as a pool, one picked per task by leave-one-out nearest-centroid accuracy on the support set.\n\n"
+        + methods_table({name: results[name] for name in names})
+        + "\n\n![ERM vs SAM](flatness.png)\n\nBackbone picked by the selection, episodes per test domain:\n\n"
+        + "\n".join(lines)
+    )
+
+
+def ablation_section(study: Study, results: Mapping[str, EvaluationResults]) -> str:
+    header = (
+        "| run | τ | experts | dense teachers | training gates: expected sparsity | eval gates: sparsity | "
+        "best validation = kept checkpoint (its tasks) | ID average | OOD average | meta-tuning minutes |"
+    )
+    rows = [header, "|---" * 10 + "|"]
+    for sparsity, experts, teachers in study.smat_variants():
+        name = smat_name(sparsity, experts, teachers)
+        model = load_fewshot_model(str(study.meta_tuned(name)))
+        training, evaluation = gate_sparsity(model)
+        best = max(accuracy for _, accuracy in validation_curve(study, name))
+        kept = int(model.router_tasks_seen)
+        result = results[smat_cell(sparsity, experts, teachers)]
+        rows.append(
+            f"| {name} | {sparsity:g} | {experts} | {'yes' if teachers else 'no'} | {training:.3f} | {evaluation:.3f} "
+            f"| {best:.2f} ({kept}) | {result.id_average:.2f} ± {result.id_ci95:.2f} | {result.ood_average:.2f} ± "
+            f"{result.ood_ci95:.2f} | {study.timings[f'meta-tune {name}'] / 60:.1f} |"
+        )
+    matched = ["| τ | eval sparsity, β_eval = 1 | eval sparsity, β_eval = β | ID (β_eval = 1) | ID (β_eval = β) | "
+               "OOD (β_eval = 1) | OOD (β_eval = β) |", "|---" * 7 + "|"]  # fmt: skip
+    for sparsity in study.args.sparsity_targets:
+        run = study.meta_tuned(smat_name(sparsity))
+        usual, training_gates = results[smat_cell(sparsity)], results[matched_gates_cell(sparsity)]
+        sparsities = (
+            gate_sparsity(load_fewshot_model(str(run)))[1],
+            gate_sparsity(with_training_temperature_gates(run))[1],
+        )
+        matched.append(
+            f"| {sparsity:g} | {sparsities[0]:.3f} | {sparsities[1]:.3f} | {usual.id_average:.2f} | "
+            f"{training_gates.id_average:.2f} | {usual.ood_average:.2f} | {training_gates.ood_average:.2f} |"
+        )
+    return (
+        "## SMAT ablations: sparsity τ, number of experts, dense teachers\n\nEach run differs from the main SMAT "
+        f'(τ {MAIN_SPARSITY}, {MAIN_EXPERTS} experts, dense teachers) in one setting. "Without dense teachers" sets '
+        "`kd_weight=0`: neither the dense teacher nor the pre-trained one is computed.\n\n"
+        + "\n".join(rows)
+        + "\n\n![ID vs OOD over τ](sparsity_tradeoff.png) ![validation accuracy with and without dense teachers]"
+        "(dense_teachers.png)\n\n**Diagnostic: eval gates at the training temperature.** τ is enforced on the "
+        "training gates (β = 2/3, noisy); the eval gates use β_eval = 1, which opens every gate whose log α lies "
+        "between the two thresholds. Unless the gates are saturated, the eval masks are then denser than τ. The "
+        "same τ runs evaluated with β_eval = β (same episodes):\n\n"
+        + "\n".join(matched)
+        + "\n\n![ID vs OOD over τ, training-temperature gates](sparsity_tradeoff_training_gates.png)"
+    )
+
+
+def experts_section(study: Study, smat) -> str:
+    weights = study.routing_weights()
+    similarity = routing_similarity(weights)
+    names = list(weights)
+    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    lines += [
+        f"| {a} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for a, row in zip(names, similarity, strict=True)
+    ]
+    density = expert_density_by_layer_type(smat)
+    dense_rows = ["| layer type | " + " | ".join(f"expert {m}" for m in range(smat.config.num_experts)) + " |",
+                  "|---" * (smat.config.num_experts + 1) + "|"]  # fmt: skip
+    dense_rows += [f"| {kind} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for kind, values in density.items()]
+    return (
+        "## SMAT's experts\n\nEval-gate density (fraction of θ_δ each expert uses) per layer type, the overlap of "
+        "the experts' masks, and how alike the router treats episodes of two domains (mean cosine similarity of "
+        f"the expert weights over {study.args.routing_episodes} episodes per domain).\n\n"
+        + "\n".join(dense_rows)
+        + "\n\n![expert density](expert_density.png) ![expert overlap](expert_overlap.png)\n\n"
+        + "\n".join(lines)
+        + "\n\n![routing similarity](routing_similarity.png)"
+    )
+
+
+def commands_section(study: Study) -> str:
+    timings = [(name, seconds) for name, seconds in study.timings.items()]
+    timings += [(f"evaluate {name}", study.cell_record(name)["seconds"]) for name in study.cell_names()]
+    rows = "\n".join(f"| {name} | {seconds / 60:.1f} |" for name, seconds in timings)
+    commands = "\n".join(study.commands)
+    return (
+        "## Commands, seeds and wall times\n\nThe study runs these recipes in-process (seed "
+        f"{study.args.seed} for every training run; test episodes drawn with seed {study.args.seed}):\n\n"
+        f"```bash\n{commands}\n```\n\nThe evaluation cells call `evaluate_episodes` on the same episodes "
+        f'(`protocol="md", max_ways={study.args.max_ways}, max_support={study.args.max_support}, image_size=32, '
+        f"seed={study.args.seed}`), with `finetune=` for the FT rows.\n\n| stage | minutes |\n|---|---|\n{rows}"
+    )
+
+
+def parse_arguments(argv: list[str] | None = None) -> StudyArguments:
+    """The full preset, or the quick one with `--quick`; other flags override the preset's values."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    (args,) = parse_recipe_arguments((StudyArguments,), QUICK if "--quick" in argv else FULL, argv)
+    return args
+
+
+def main(argv: list[str] | None = None) -> Path:
+    """Run (or resume) every stage and write the report; returns the report's path."""
+    study = Study(parse_arguments(argv))
+    study.train_everything()
+    results = study.evaluate_everything()
+    study.timed("routing analysis", study.routing_weights)
+    report = write_report(study, results)
+    print(f"Report: {report}")
+    return report
+
+
+if __name__ == "__main__":
+    main()
