@@ -228,17 +228,26 @@ def select_backbone(
     """The backbone of the pool whose features best separate the support set (leave-one-out nearest-centroid
     accuracy, SAM.md §3), and every backbone's score. Ties go to the first in the pool's order; so does a support
     set with one image per class (nothing to hold out: every score is NaN), as Meta-Dataset episodes can be."""
+    best, scores, _ = _select_with_features(backbones, support_pixel_values, support_labels)
+    return best, scores
+
+
+def _select_with_features(
+    backbones: Mapping[str, nn.Module], support_pixel_values: torch.Tensor, support_labels: torch.Tensor
+) -> tuple[str, dict[str, float], torch.Tensor | None]:
+    """`select_backbone`, plus the picked backbone's support features (None when nothing could be scored), so
+    that a caller building prototypes does not run the picked backbone a second time."""
     check_episode(support_pixel_values, support_labels)
     if int(torch.bincount(support_labels).max()) < 2:
-        return next(iter(backbones)), {name: math.nan for name in backbones}
-    scores = {}
+        return next(iter(backbones)), {name: math.nan for name in backbones}, None
+    scores, features = {}, {}
     for name, model in backbones.items():
         backbone = getattr(model, "backbone", model)
         with eval_mode(backbone):
-            features = backbone_features(backbone, support_pixel_values)
-        scores[name] = leave_one_out_accuracy(features, support_labels)
+            features[name] = backbone_features(backbone, support_pixel_values)
+        scores[name] = leave_one_out_accuracy(features[name], support_labels)
     best = max(scores, key=lambda name: scores[name])
-    return best, scores
+    return best, scores, features[best]
 
 
 class BackbonePool(nn.Module):
@@ -259,11 +268,12 @@ class BackbonePool(nn.Module):
 
     @torch.no_grad()
     def prepare_task(self, support_pixel_values: torch.Tensor, support_labels: torch.Tensor) -> FewShotTask:
-        name, _ = select_backbone(self.backbones, support_pixel_values, support_labels)
+        name, _, features = _select_with_features(self.backbones, support_pixel_values, support_labels)
         self.choices[name] += 1
         backbone = self.backbones[name]
-        with eval_mode(backbone):
-            features = backbone_features(backbone, support_pixel_values)
+        if features is None:  # one image per class: nothing was scored, so nothing was computed
+            with eval_mode(backbone):
+                features = backbone_features(backbone, support_pixel_values)
         prototypes = class_prototypes(features, support_labels, int(support_labels.max()) + 1)
         return FewShotTask(backbone, prototypes, self.scale, 0.0, support_pixel_values.shape[-2:])
 

@@ -48,6 +48,12 @@ def mean_and_ci95(accuracies: Iterable[float]) -> tuple[float, float]:
     return float(values.mean()), float(1.96 * values.std() / math.sqrt(values.size))
 
 
+def average_ci95(half_widths: Iterable[float]) -> float:
+    """95% CI half-width of the mean of D independent estimates with these half-widths: `√(Σ ci_d²) / D`."""
+    values = np.asarray(list(half_widths), dtype=np.float64)
+    return float(math.sqrt(np.sum(np.square(values))) / values.size)
+
+
 @dataclass(frozen=True)
 class EvaluationResults:
     """Per-domain accuracies of one model, with the in-domain (ID) and out-of-domain (OOD) averages."""
@@ -60,7 +66,7 @@ class EvaluationResults:
 
     def _average_ci95(self, in_domain: bool) -> float | None:
         half_widths = [d.ci95 for d in self.domains if d.in_domain == in_domain]
-        return float(math.sqrt(np.sum(np.square(half_widths))) / len(half_widths)) if half_widths else None
+        return average_ci95(half_widths) if half_widths else None
 
     @property
     def id_average(self) -> float | None:
@@ -72,7 +78,7 @@ class EvaluationResults:
 
     @property
     def id_ci95(self) -> float | None:
-        """95% CI half-width of the ID average (domains independent: `√(Σ ci_d²) / D`)."""
+        """95% CI half-width of the ID average (domains taken as independent: `average_ci95`)."""
         return self._average_ci95(True)
 
     @property
@@ -137,7 +143,7 @@ def paired_difference(
     Both must come from the same episodes (same seed and settings), so the difference is taken episode by
     episode: its CI is far tighter than the two models' own CIs suggest, because the episodes' difficulty
     cancels. Over several domains the difference is the mean of the per-domain differences (as the ID / OOD
-    averages are) and the half-widths combine as independent: `√(Σ ci_d²) / D`.
+    averages are) and the half-widths combine as independent (`average_ci95`).
     """
     names = [d.domain for d in baseline.domains] if domains is None else list(domains)
     if not names:
@@ -153,7 +159,7 @@ def paired_difference(
         mean, ci95 = mean_and_ci95(np.subtract(ours, theirs))
         means.append(mean)
         half_widths.append(ci95)
-    return float(np.mean(means)), float(math.sqrt(np.sum(np.square(half_widths))) / len(names))
+    return float(np.mean(means)), average_ci95(half_widths)
 
 
 def results_table(results_by_model: Mapping[str, EvaluationResults]) -> str:
@@ -263,6 +269,7 @@ def evaluate_episodes(
 
 __all__ = [
     "DomainAccuracy",
+    "average_ci95",
     "EvaluationResults",
     "episode_metrics",
     "evaluate_episodes",

@@ -27,6 +27,7 @@ import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
+from functools import partial
 from pathlib import Path
 
 import meta_tune
@@ -280,7 +281,9 @@ class Study:
         return dict(mode=mode, learning_rate=self.finetune_learning_rate(mode), steps=self.args.finetune_steps)
 
     def evaluate_everything(self) -> dict[str, EvaluationResults]:
-        fewshot = lambda path: lambda: load_fewshot_model(str(path))  # noqa: E731
+        def fewshot(path: Path) -> Callable[[], torch.nn.Module]:
+            return partial(load_fewshot_model, str(path))
+
         models = {
             "ERM backbone": fewshot(self.backbone("erm")),
             "SAM backbone": fewshot(self.backbone("sam")),
