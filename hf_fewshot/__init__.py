@@ -2,6 +2,7 @@
 
 from hf_fewshot.adaptation import finetune_on_support
 from hf_fewshot.data import EpisodeCollator, EpisodeSampler, load_domain
+from hf_fewshot.diagnostics import SmatDiagnostics, smat_diagnostics
 from hf_fewshot.evaluation import evaluate_episodes
 from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
 from hf_fewshot.training import EpisodicTrainer, FewShotTrainingArguments, SAMTrainer
@@ -17,8 +18,10 @@ __all__ = [
     "ProtoNetModel",
     "SAMTrainer",
     "SmatConfig",
+    "SmatDiagnostics",
     "SmatModel",
     "evaluate_episodes",
     "finetune_on_support",
     "load_domain",
+    "smat_diagnostics",
 ]

@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import datasets
 import numpy as np
@@ -35,6 +35,7 @@ class DomainAccuracy:
     num_episodes: int
     in_domain: bool
     episode_accuracies: tuple[float, ...] = field(default=(), repr=False, compare=False)
+    expert_weights: tuple[tuple[float, ...], ...] = field(default=(), repr=False, compare=False)
 
     def __str__(self) -> str:
         return f"{self.mean:.2f} ± {self.ci95:.2f}"
@@ -118,7 +119,10 @@ class EvaluationResults:
                 )
             accuracies = result.episode_accuracies[:num_episodes]
             mean, ci95 = mean_and_ci95(accuracies)
-            domains.append(DomainAccuracy(result.domain, mean, ci95, num_episodes, result.in_domain, accuracies))
+            routing = result.expert_weights[:num_episodes]
+            domains.append(
+                DomainAccuracy(result.domain, mean, ci95, num_episodes, result.in_domain, accuracies, routing)
+            )
         return EvaluationResults(tuple(domains))
 
     def to_json_dict(self) -> dict[str, Any]:
@@ -131,6 +135,7 @@ class EvaluationResults:
         for result in data["domains"]:
             result = dict(result)
             result["episode_accuracies"] = tuple(result.get("episode_accuracies", ()))
+            result["expert_weights"] = tuple(tuple(w) for w in result.get("expert_weights", ()))
             domains.append(DomainAccuracy(**result))
         return cls(tuple(domains))
 
@@ -181,22 +186,35 @@ def results_table(results_by_model: Mapping[str, EvaluationResults]) -> str:
     return "\n".join(lines)
 
 
+class EpisodeMetrics(NamedTuple):
+    """Query accuracy (%) and cross-entropy of one episode, and the expert weights a SMAT router gave it."""
+
+    accuracy: float
+    loss: float
+    expert_weights: tuple[float, ...] | None = None
+
+
 def episode_metrics(
     model: torch.nn.Module, episode: Mapping[str, torch.Tensor], finetune: Mapping[str, Any] | None = None
-) -> tuple[float, float]:
-    """Query accuracy (%) and cross-entropy on one collated episode: the model's episodic forward, or, with
-    `finetune` (keyword arguments of `finetune_on_support`), the task fine-tuned on the support set first."""
+) -> EpisodeMetrics:
+    """Query accuracy (%), cross-entropy and (SMAT) expert weights on one collated episode: the model's episodic
+    forward, or, with `finetune` (keyword arguments of `finetune_on_support`), the task fine-tuned on the support
+    set first (then no expert weights)."""
     device = next(model.parameters()).device
     inputs = {name: tensor.to(device) for name, tensor in episode.items()}
     support, support_labels = inputs["support_pixel_values"], inputs["support_labels"]
+    expert_weights = None
     if finetune is None:
         with torch.no_grad():
-            logits = model(support, support_labels, inputs["query_pixel_values"]).logits
+            outputs = model(support, support_labels, inputs["query_pixel_values"])
+        logits = outputs.logits
+        if getattr(outputs, "expert_weights", None) is not None:
+            expert_weights = tuple(outputs.expert_weights.tolist())
     else:
         logits = finetune_on_support(model, support, support_labels, **finetune)(inputs["query_pixel_values"])
     labels = inputs["query_labels"]
     accuracy = 100.0 * (logits.argmax(-1) == labels).float().mean().item()
-    return accuracy, F.cross_entropy(logits, labels).item()
+    return EpisodeMetrics(accuracy, F.cross_entropy(logits, labels).item(), expert_weights)
 
 
 def _check_frozen_episodes(episodes: FrozenEpisodes, dataset: datasets.Dataset, domain: str) -> None:
@@ -258,12 +276,14 @@ def evaluate_episodes(
                     dataset, protocol=protocol, seed=seed, num_episodes=num_episodes, **sampler_kwargs
                 )
             loader = episode_loader(episodes, EpisodeCollator(dataset, transform), num_workers=num_workers)
-            accuracies = [
-                episode_metrics(model, episode, finetune)[0]
+            metrics = [
+                episode_metrics(model, episode, finetune)
                 for episode in tqdm(loader, desc=f"evaluating {name}", disable=not progress, leave=False)
             ]
+            accuracies = tuple(m.accuracy for m in metrics)
+            routing = tuple(m.expert_weights for m in metrics if m.expert_weights is not None)
             mean, ci95 = mean_and_ci95(accuracies)
-            results.append(DomainAccuracy(name, mean, ci95, len(accuracies), name in in_domain, tuple(accuracies)))
+            results.append(DomainAccuracy(name, mean, ci95, len(accuracies), name in in_domain, accuracies, routing))
     return EvaluationResults(tuple(results))
 
 
@@ -271,6 +291,7 @@ __all__ = [
     "DomainAccuracy",
     "average_ci95",
     "EvaluationResults",
+    "EpisodeMetrics",
     "episode_metrics",
     "evaluate_episodes",
     "mean_and_ci95",

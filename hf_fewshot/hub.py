@@ -12,6 +12,7 @@ import datasets
 from huggingface_hub import EvalResult, HfApi, ModelCard, ModelCardData
 from torch import nn
 
+from hf_fewshot.diagnostics import SmatDiagnostics
 from hf_fewshot.evaluation import EvaluationResults, results_table
 
 PAPERS = {
@@ -70,12 +71,15 @@ def fewshot_model_card(
     protocol: str = "md",
     training: Mapping[str, Any] | None = None,
     plots: Sequence[str] = (),
+    diagnostics: SmatDiagnostics | None = None,
     license: str = "apache-2.0",
 ) -> ModelCard:
     """The card of a `SmatModel` / `ProtoNetModel`: method, papers, usage, the results table and `model-index`,
     the training settings (e.g. selected `FewShotTrainingArguments` fields), intended use and limits.
 
-    `plots` are paths inside the repo (e.g. PNGs from `hf_fewshot.viz`) shown under the results.
+    `plots` are paths inside the repo (e.g. PNGs from `hf_fewshot.viz`) shown under the results. `diagnostics`
+    (`smat_diagnostics` of a SMAT model) adds "Is the mechanism at work?": its measurements and a warning for
+    each goal it misses, e.g. eval gates more than 0.05 from τ.
     """
     config = model.config
     if config.model_type not in PAPERS:
@@ -107,6 +111,7 @@ def fewshot_model_card(
         episodes_note=f"{protocol} protocol, {dataset_id}",
         plots=list(plots),
         training=dict(training or {}),
+        diagnostics=diagnostics.to_markdown() if diagnostics is not None else None,
     )
 
 

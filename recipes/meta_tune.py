@@ -28,8 +28,10 @@ from hf_fewshot import (
     load_domain,
 )
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
+from hf_fewshot.diagnostics import SmatDiagnostics, smat_diagnostics
 from hf_fewshot.evaluation import results_table
 from hf_fewshot.hub import fewshot_model_card, push_model_folder
+from hf_fewshot.models.configuration_smat import router_tau_decay_for
 from hf_fewshot.training.checkpoints import last_complete_checkpoint, save_pretrained_atomically
 from hf_fewshot.training.cli import parse_recipe_arguments
 from hf_fewshot.viz import plot_domain_accuracy, plot_expert_density, plot_expert_overlap
@@ -71,7 +73,7 @@ class MetaTuneArguments:
 
 DEFAULTS = dict(
     output_dir="runs/minimeta-smat",
-    model_config={"num_experts": 4, "sparsity_target": 0.5, "router_tau_decay_tasks": 200},
+    model_config={"num_experts": 4, "sparsity_target": 0.5},  # router_tau_decay_tasks: from the training length
     max_steps=400,
     train_episodes_per_epoch=600,
     gradient_accumulation_steps=2,
@@ -106,7 +108,19 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     if args.backbone == DEFAULT_BACKBONE and not Path(args.backbone).is_dir():
         print(f"No backbone at {args.backbone}: pre-training it first with recipes/pretrain.py's defaults.")
         pretrain.main([])
-    model = METHODS[args.method].from_backbone(args.backbone, **(args.model_config or {}))
+    model_config = dict(args.model_config or {})
+    if args.method == "smat" and "router_tau_decay_tasks" not in model_config:
+        tasks = meta_training_tasks(training_args)
+        model_config["router_tau_decay_tasks"] = router_tau_decay_for(
+            tasks, model_config.get("router_tau_start", 5.0), model_config.get("router_tau_min", 0.5)
+        )
+        if PartialState().is_main_process:
+            print(
+                f"Router temperature decay {model_config['router_tau_decay_tasks']:g} tasks, from the training length "
+                f"({tasks} tasks): τ_r reaches its minimum after 36% of them, as in the paper."
+            )
+    args.model_config = model_config
+    model = METHODS[args.method].from_backbone(args.backbone, **model_config)
     splits = {
         split: {d: load_domain(args.data_source, d, split) for d in args.train_domains}
         for split in ("train", "validation")
@@ -139,27 +153,45 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     }
     table = results_table(results)
     print(f"\nTest accuracy (%), {args.test_episodes} episodes per domain, mean ± 95% CI:\n\n{table}\n")
+    summary = {name: result.to_dict() for name, result in results.items()}
+    diagnostics = None
+    if args.method == "smat":
+        routing = {domain.domain: domain.expert_weights for domain in results[args.method].domains}
+        diagnostics = smat_diagnostics(trainer.model, routing)
+        summary["smat_diagnostics"] = diagnostics.to_dict(prefix="")
+        print(f"SMAT's mechanism on the test episodes:\n\n{diagnostics.to_markdown()}\n")
     (output_dir / "results.md").write_text(table + "\n")
-    (output_dir / "results.json").write_text(
-        json.dumps({name: result.to_dict() for name, result in results.items()}, indent=2) + "\n"
-    )
-    write_card(trainer.model, args, training_args, results)
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
+    write_card(trainer.model, args, training_args, results, diagnostics)
     if args.hub_repo_id:
         print(f"Pushed: {push_model_folder(output_dir / 'model', args.hub_repo_id)}")
     return table
 
 
-def write_card(model, args: MetaTuneArguments, training_args: FewShotTrainingArguments, results: dict) -> None:
-    """The model card (results as model-index, training settings) and its plots, in the saved model folder."""
+def meta_training_tasks(training_args: FewShotTrainingArguments) -> int:
+    """The number of meta-training tasks the arguments describe (all processes together)."""
+    if training_args.max_steps > 0:
+        return training_args.max_steps * training_args.gradient_accumulation_steps * training_args.world_size
+    return int(training_args.num_train_epochs * training_args.train_episodes_per_epoch)
+
+
+def write_card(
+    model,
+    args: MetaTuneArguments,
+    training_args: FewShotTrainingArguments,
+    results: dict,
+    diagnostics: SmatDiagnostics | None = None,
+) -> None:
+    """The model card (results as model-index, training settings, SMAT's diagnostics) and its plots, in the saved
+    model folder."""
     folder = Path(training_args.output_dir) / "model"
     plots = [plot_domain_accuracy(results, folder / "accuracy.png")] if results else []
     if args.method == "smat":
         plots += [plot_expert_density(model, folder / "expert_density.png")]
         plots += [plot_expert_overlap(model, folder / "expert_overlap.png")]
-    tasks = training_args.max_steps * training_args.gradient_accumulation_steps * training_args.world_size
     training = {
         "meta-training domains": ", ".join(args.train_domains),
-        "tasks": tasks if training_args.max_steps > 0 else f"{training_args.num_train_epochs} epochs",
+        "tasks": meta_training_tasks(training_args),
         "episodes": f"{training_args.episode_protocol}, {training_args.image_size} px",
         "learning rate": training_args.learning_rate,
         "model settings": json.dumps(args.model_config or {}),
@@ -173,6 +205,7 @@ def write_card(model, args: MetaTuneArguments, training_args: FewShotTrainingArg
         protocol=training_args.episode_protocol,
         training=training,
         plots=[plot.name for plot in plots],
+        diagnostics=diagnostics,
     )
     card.save(folder / "README.md")
 

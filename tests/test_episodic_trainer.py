@@ -290,3 +290,64 @@ def test_two_gloo_processes_meta_train_one_smat(tmp_path):
     from accelerate import debug_launcher
 
     debug_launcher(lambda: _two_rank_meta_training(str(tmp_path)), num_processes=2)
+
+
+# ------------------------------------------------------------------------------- SMAT's own clipping rules
+def _one_smat_update(tmp_path, glyphs, **kwargs) -> dict[str, torch.Tensor]:
+    model = tiny_smat()
+    with torch.no_grad():  # as after the first updates: θ_δ ≠ 0, so every group gets a gradient
+        model.delta.normal_(0, 0.05)
+    args = training_arguments(tmp_path, max_steps=1, gradient_accumulation_steps=2, **kwargs)
+    EpisodicTrainer(model, args, train_dataset={"glyphs": glyphs["train"]}).train()
+    return {name: p.detach().clone() for name, p in model.named_parameters() if p.requires_grad}
+
+
+def test_default_arguments_apply_smats_group_clips_alone(tmp_path, glyphs):
+    unset = training_arguments(tmp_path, max_grad_norm=None)
+    assert unset.max_grad_norm == 1.0, "a stock Trainer given these arguments clips as always"
+    default = _one_smat_update(tmp_path / "default", glyphs, max_grad_norm=None)
+    unclipped = _one_smat_update(tmp_path / "none", glyphs, max_grad_norm=0.0)
+    explicit = _one_smat_update(tmp_path / "explicit", glyphs, max_grad_norm=0.01)
+    for name in default:
+        assert torch.equal(default[name], unclipped[name]), f"{name}: no whole-model clip by default"
+    assert not torch.equal(default["delta"], explicit["delta"]), "an explicit whole-model clip still applies"
+    assert unset.max_grad_norm == 1.0, "the caller's arguments are not changed"
+    protonet = EpisodicTrainer(ProtoNetModel.from_backbone(tiny_vit_config()), unset)
+    assert protonet.args.max_grad_norm == 1.0, "other models keep the Trainer's default"
+    with pytest.raises(ValueError, match="max_grad_norm"):
+        training_arguments(tmp_path, max_grad_norm=-1.0)
+
+
+def test_gate_bank_clip_norm_is_exact_in_float64():
+    torch.manual_seed(0)
+    bank = torch.nn.Parameter(torch.zeros(8, 600_000))
+    bank.grad = torch.randn_like(bank) * 3
+    exact = torch.linalg.vector_norm(bank.grad, dtype=torch.float64)
+    optimizer = ChainedOptimizer([torch.optim.SGD([{"params": [bank], "max_grad_norm": 5.0}], lr=0.0)])
+    optimizer.step()
+    clipped = torch.linalg.vector_norm(bank.grad, dtype=torch.float64)
+    assert float(exact) > 5.0
+    assert float(clipped) == pytest.approx(5.0, rel=1e-6), "the clip scales by the float64 norm"
+
+
+# -------------------------------------------------------------------------------- the router's task counter
+def test_router_counter_counts_each_labelled_task_once_with_sam(tmp_path, glyphs):
+    model = tiny_smat()
+    args = training_arguments(tmp_path, max_steps=3, gradient_accumulation_steps=2, sam_rho=0.05)
+    EpisodicTrainer(model, args, train_dataset={"glyphs": glyphs["train"]}).train()
+    assert int(model.router_tasks_seen) == 6, "3 updates × 2 tasks; SAM's second pass is not a task"
+
+
+def _two_rank_sam_counter(output_dir: str) -> None:
+    """Runs in each of two gloo CPU processes: SAM on, 2 tasks per rank per update, 3 updates."""
+    train = first_classes(load_domain("minimeta", "glyphs", "train"), 10)
+    model = tiny_smat()
+    args = training_arguments(output_dir, max_steps=3, gradient_accumulation_steps=2, sam_rho=0.05)
+    EpisodicTrainer(model, args, train_dataset={"glyphs": train}).train()
+    assert int(model.router_tasks_seen) == 12, f"3 updates × 2 tasks × 2 ranks, got {int(model.router_tasks_seen)}"
+
+
+def test_router_counter_sums_the_tasks_of_two_gloo_processes_with_sam(tmp_path):
+    from accelerate import debug_launcher
+
+    debug_launcher(lambda: _two_rank_sam_counter(str(tmp_path)), num_processes=2)

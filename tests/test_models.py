@@ -1,5 +1,6 @@
 """ProtoNetModel and SmatModel: the episodic contract, SMAT's equations, saving/loading, task export, bad inputs."""
 
+import copy
 import math
 import subprocess
 import sys
@@ -237,12 +238,14 @@ def test_router_layers_are_spectrally_normalised(smat):
         assert torch.linalg.matrix_norm(layer.weight, ord=2).item() == pytest.approx(1.0, abs=0.02)
 
 
-def test_router_tasks_seen_counts_training_tasks_and_survives_save_load(smat, tmp_path):
+def test_router_tasks_seen_counts_recorded_tasks_only_and_survives_save_load(smat, tmp_path):
     smat.train()
-    for seed in range(3):
+    for seed in range(3):  # forwards do not count: SAM's second pass and unlabelled forwards are no tasks
         smat(*episode(seed=seed))
-    smat.eval()
-    smat(*episode())
+    assert int(smat.router_tasks_seen) == 0
+    smat.record_meta_training_tasks(3)
+    with pytest.raises(ValueError, match="≥ 0"):
+        smat.record_meta_training_tasks(-1)
     assert int(smat.router_tasks_seen) == 3
     smat.config.router_tau_decay_tasks = 1.0
     smat.save_pretrained(tmp_path)
@@ -430,3 +433,16 @@ def test_without_dense_teachers_the_loss_has_no_distillation_and_still_trains(sm
     assert torch.allclose(output.loss, output.classification_loss + others)
     output.loss.backward()
     assert smat.delta.grad is not None and smat.delta.grad.abs().sum() > 0
+
+
+def test_cached_gate_code_follows_writes_that_bypass_the_version_counter(smat):
+    with torch.no_grad():
+        smat.delta.normal_(0, 0.1)
+        smat.gate_logits.copy_(torch.where(torch.rand_like(smat.gate_logits) < 0.5, -9.0, 9.0))  # saturated
+    smat.eval()
+    smat(*episode())  # builds and caches the compact gate code
+    smat.gate_logits.data[:, : smat.gate_logits.shape[1] // 2] *= -1  # flips half the gates, version unchanged
+    stale_or_not = smat(*episode()).logits
+    fresh = copy.deepcopy(smat)
+    fresh._gate_codes.clear()
+    assert torch.allclose(stale_or_not, fresh(*episode()).logits, atol=1e-6)

@@ -61,6 +61,11 @@ def test_meta_tune_trains_saves_and_prints_the_results_table(tmp_path, pretraine
     assert {r.dataset_config for r in card.data.eval_results} == {"glyphs", "digits"}
     assert "![accuracy.png](accuracy.png)" in card.text and (tmp_path / "model" / "accuracy.png").is_file()
     assert (tmp_path / "model" / "expert_density.png").is_file() == (method == "smat")
+    assert ("## Is the mechanism at work?" in card.text) == (method == "smat")
+    if method == "smat":  # the diagnostics of the test episodes, and the decay derived from 2 updates × 2 tasks
+        assert set(results["smat_diagnostics"]) >= {"router_tau", "gates_saturated", "routing_cosine_min"}
+        assert model.config.router_tau_decay_tasks == pytest.approx(0.36 * 2 * 2 / 4.5)
+        assert "| routing cosine glyphs / digits |" in card.text
 
 
 @pytest.mark.parametrize(

@@ -290,7 +290,8 @@ class SmatModel(FewShotPreTrainedModel):
 
     Trainable: `delta` `[N]`, `gate_logits` `[M, N]` (log α), `sparsity_multipliers` `[M]` (λ, Lagrange
     multipliers kept as a parameter so they are saved and resumed), and the router. `router_tasks_seen`
-    counts training tasks for the router's relaxation schedule and is saved too.
+    counts labelled meta-training tasks for the router's relaxation schedule (`record_meta_training_tasks`)
+    and is saved too.
     """
 
     config: SmatConfig
@@ -370,9 +371,16 @@ class SmatModel(FewShotPreTrainedModel):
         weights = expert_weights.to(self.gate_logits.dtype)
         return _MixedExpertGates.apply(self.gate_logits, weights, settings, self._gate_code(settings), with_density)
 
-    def _gate_logits_key(self) -> tuple[int, int]:
-        """Changes whenever log α does (in-place updates bump the tensor's version): validates cached codes."""
-        return self.gate_logits.data_ptr(), self.gate_logits._version
+    @torch.no_grad()
+    def _gate_logits_key(self) -> tuple:
+        """Changes whenever log α does: validates cached gate codes and the clamp.
+
+        Storage and version counter catch optimizer steps, loading and in-place updates. Writes through
+        `gate_logits.data` bypass the version counter, so each expert's sum of logits is part of the key too
+        (one read of the bank: 25 ms for ViT-S's 174 M logits on 2 CPU cores, against seconds for a task). Only a
+        `.data` write that keeps every expert's float32 sum bit for bit (a permutation) would go unseen."""
+        logits = self.gate_logits
+        return logits.data_ptr(), logits._version, tuple(torch.sum(logits, dim=1).tolist())
 
     def _gate_code(self, settings: GateSettings) -> _GateCode | None:
         if settings.noise > 0:
@@ -395,6 +403,19 @@ class SmatModel(FewShotPreTrainedModel):
         return self.mix_expert_gates(uniform, with_density=False)[2]
 
     @torch.no_grad()
+    def gate_saturation(self, training: bool | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`(closed, open)` `[M]`: the fraction of each expert's gates exactly 0 and exactly 1 (training or eval
+        gates; the current mode's by default), chunk by chunk without materialising `[M, N]`."""
+        settings = self._gate_settings(self.training if training is None else training)
+        closed = self.gate_logits.new_zeros(self.config.num_experts, dtype=torch.float64)
+        opened = torch.zeros_like(closed)
+        for _, noisy in settings.noisy_chunks(self.gate_logits):
+            gates = settings.gates(noisy)[1]
+            closed += (gates == 0).sum(dim=1)
+            opened += (gates == 1).sum(dim=1)
+        return closed / self.gate_logits.shape[1], opened / self.gate_logits.shape[1]
+
+    @torch.no_grad()
     def clamp_gate_logits(self) -> None:
         """Clamp log α to [gate_logit_min, gate_logit_max] in place before a training forward (SMAT.md §2).
 
@@ -405,6 +426,17 @@ class SmatModel(FewShotPreTrainedModel):
             self._clamped_key = self._gate_logits_key()
 
     # ------------------------------------------------------------------------------------------ router
+    @torch.no_grad()
+    def record_meta_training_tasks(self, count: int) -> None:
+        """Advance the task counter n of the router schedule by `count` labelled meta-training tasks.
+
+        The forward does not count: SAM's second pass and forwards without query labels are not tasks, and under
+        DDP each rank sees only its own. `EpisodicTrainer` calls this after each update with the tasks of all
+        processes; a custom training loop calls it itself (docs/smat.md)."""
+        if count < 0:
+            raise ValueError(f"count must be ≥ 0, got {count}.")
+        self.router_tasks_seen += count
+
     @property
     def router_tau(self) -> float:
         """Relaxation τ_r = max(τ_min, τ_start − n / decay) after n training tasks."""
@@ -501,7 +533,6 @@ class SmatModel(FewShotPreTrainedModel):
 
         query_features = backbone_features(self.backbone, query_pixel_values, adapted)
         logits = cosine_logits(query_features, adapted_head, scale)
-        self.router_tasks_seen += 1
         if query_labels is None:
             return SmatOutput(logits=logits, expert_weights=weights.detach(), router_tau=self.router_tau)
 

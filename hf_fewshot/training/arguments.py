@@ -18,6 +18,13 @@ class FewShotTrainingArguments(TrainingArguments):
     delta of SMAT and the whole backbone of P>M>F.
     """
 
+    max_grad_norm: float | None = field(
+        default=None,
+        metadata={
+            "help": "Whole-model gradient-norm clip (0 = none). Not given: 1.0 (the Trainer's default), which "
+            "SAMTrainer / EpisodicTrainer turn off for SMAT, whose optimiser groups clip themselves (docs/smat.md)."
+        },
+    )
     sam_rho: float = field(default=0.0, metadata={"help": "SAM neighbourhood radius ρ; 0 turns SAM off."})
     sam_adaptive: bool = field(default=False, metadata={"help": "ASAM: scale the perturbation by |w|."})
     sam_interval: int = field(default=1, metadata={"help": "Apply SAM every k optimizer steps (ERM otherwise)."})
@@ -59,6 +66,12 @@ class FewShotTrainingArguments(TrainingArguments):
 
     def __post_init__(self):
         super().__post_init__()
+        # Not given: 1.0 here, so that a stock Trainer behaves as always; EpisodicTrainer turns it off for SMAT.
+        self._max_grad_norm_given = self.max_grad_norm is not None
+        if self.max_grad_norm is None:
+            self.max_grad_norm = 1.0
+        if not self.max_grad_norm >= 0:
+            raise ValueError(f"max_grad_norm must be ≥ 0 (0 = no whole-model clip), got {self.max_grad_norm}.")
         if self.sam_rho < 0:
             raise ValueError(f"sam_rho must be ≥ 0, got {self.sam_rho}.")
         if self.sam_interval < 1:

@@ -2,6 +2,7 @@
 `EpisodicTrainer`, which meta-trains few-shot models on episodes with it."""
 
 import contextlib
+import copy
 import time
 import warnings
 from collections import defaultdict
@@ -16,11 +17,13 @@ from transformers import PreTrainedModel, Trainer
 
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, MultiDomainEpisodeSampler
 from hf_fewshot.data.transforms import EvalTransform, TrainTransform
+from hf_fewshot.diagnostics import smat_diagnostics
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults, episode_metrics, mean_and_ci95
+from hf_fewshot.models.modeling_smat import SmatModel
 from hf_fewshot.models.prototypes import eval_mode
 
 from .arguments import FewShotTrainingArguments
-from .optimization import EPISODIC_OPTIMIZERS
+from .optimization import EPISODIC_OPTIMIZERS, default_max_grad_norm
 from .sam import perturbed_weights
 
 
@@ -38,12 +41,17 @@ class SAMTrainer(Trainer):
       micro-batch (its gradient never reaches the weights). Both are counted in the logs
       (`sam_unperturbed`, `sam_dropped`), with the mean sharpness L(w + e) − L(w) (`sam_sharpness`).
     - `sam_interval = k` applies SAM on every k-th optimizer step and plain ERM otherwise.
+    - `max_grad_norm` not given to `FewShotTrainingArguments` means the model's own default: no whole-model
+      clip for SMAT (its groups clip themselves), the Trainer's 1.0 otherwise.
     """
 
     args: FewShotTrainingArguments
 
-    def __init__(self, *args, **kwargs):
-        super().__init__(*args, **kwargs)
+    def __init__(self, model: nn.Module | None = None, args: FewShotTrainingArguments | None = None, **kwargs):
+        if not getattr(args, "_max_grad_norm_given", True):  # FewShotTrainingArguments without max_grad_norm
+            args = copy.copy(args)  # the caller's arguments stay as given
+            args.max_grad_norm = default_max_grad_norm(model)
+        super().__init__(model=model, args=args, **kwargs)
         if self.args.sam_rho > 0:
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
                 raise ValueError(
@@ -170,14 +178,19 @@ class EpisodicTrainer(SAMTrainer):
       episode; `train_episodes_per_epoch` episodes per epoch, dealt whole to the ranks; a new stream each
       epoch. `gradient_accumulation_steps` × processes tasks make one update.
     - Optimisers: SMAT's four groups and P>M>F's SGD (`training.optimization`) for those two models, the
-      Trainer's default otherwise (or pass `optimizers=`). `max_grad_norm` clips the whole model as in
-      Trainer; SMAT's gate and router groups are clipped on their own after it (set it to 0 for the paper).
+      Trainer's default otherwise (or pass `optimizers=`). SMAT's gate and router groups clip themselves and,
+      unless `max_grad_norm` is set explicitly, nothing clips the whole model (SMAT.md §6).
+    - SMAT's router schedule: after each update the model's task counter (`router_tasks_seen`, which drives
+      τ_r) advances by the number of labelled tasks of that update summed over all processes — SAM's second
+      pass and unlabelled forwards are not tasks (docs/smat.md).
     - Logs: besides the loss, the mean of every scalar term the model outputs (SMAT: classification,
       distillation, sparsity, multiplier losses, router penalty, τ_r), each expert's measured sparsity and
       the training query accuracy (rank 0's tasks).
     - Evaluation: `eval_episodes` fixed episodes per domain (the same at every evaluation), the eval
       transform and eval-mode forward; metrics `eval_{domain}_accuracy` / `_ci95` (mean ± 95% CI, %),
-      `eval_accuracy` (mean over domains, for `metric_for_best_model="accuracy"`) and `eval_loss`.
+      `eval_accuracy` (mean over domains, for `metric_for_best_model="accuracy"`) and `eval_loss`; for SMAT
+      also the mechanism's diagnostics `eval_smat_*` (`hf_fewshot.diagnostics`: gate sparsity next to τ,
+      saturation, ‖θ_δ‖/‖θ_pre‖, τ_r, routing entropy and how alike the validation domains are routed).
     """
 
     def __init__(
@@ -197,6 +210,7 @@ class EpisodicTrainer(SAMTrainer):
             eval_dataset=_domain_splits(eval_dataset, "eval_dataset"),
             **kwargs,
         )
+        self._tasks_this_update = 0
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_counts: dict[str, int] = defaultdict(int)
         self._eval_loaders: dict[str, DataLoader] = {}
@@ -256,6 +270,19 @@ class EpisodicTrainer(SAMTrainer):
             return self.optimizer
         return super().create_optimizer(model)
 
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._tasks_this_update += 1  # one micro-batch is one labelled task, whatever SAM does with it
+        if self.accelerator.sync_gradients:  # the update's last micro-batch: count the tasks of all ranks
+            record = getattr(self.accelerator.unwrap_model(model), "record_meta_training_tasks", None)
+            if record is not None:
+                local = torch.tensor(self._tasks_this_update, device=self.args.device)
+                record(int(self.accelerator.reduce(local, reduction="sum")))
+            self._tasks_this_update = 0
+        return loss
+
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         outputs = model(**inputs)
         if outputs.loss is None:
@@ -311,6 +338,11 @@ class EpisodicTrainer(SAMTrainer):
         }
         metrics[f"{metric_key_prefix}_accuracy"] = sum(d.mean for d in results.domains) / len(results.domains)
         metrics[f"{metric_key_prefix}_loss"] = sum(losses) / len(losses)
+        model = self.accelerator.unwrap_model(self.model)
+        if isinstance(model, SmatModel):  # is the mechanism at work? (docs/smat.md)
+            routing = {d.domain: d.expert_weights for d in results.domains}
+            diagnostics = smat_diagnostics(model, routing).to_dict(prefix=f"{metric_key_prefix}_smat_")
+            metrics.update(diagnostics)
         metrics[f"{metric_key_prefix}_runtime"] = round(time.time() - start, 4)
         self.log(metrics)
         self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
@@ -318,18 +350,22 @@ class EpisodicTrainer(SAMTrainer):
 
     @torch.no_grad()
     def validation_results(self) -> tuple[EvaluationResults, list[float]]:
-        """Per-domain accuracy of the fixed validation episodes (every domain counts as in-domain) and their losses."""
+        """Per-domain accuracy of the fixed validation episodes (every domain counts as in-domain, SMAT's expert
+        weights kept per episode) and their losses."""
         domains, losses = [], []
         with eval_mode(self.model):
             for domain in self.eval_dataset:
                 values = []
                 for episode in self.get_eval_dataloader(domain):
-                    metrics = torch.tensor(episode_metrics(self.model, episode), device=self.args.device)
-                    values.append(self.accelerator.gather_for_metrics(metrics.unsqueeze(0)).cpu())
+                    accuracy, loss, weights = episode_metrics(self.model, episode)
+                    row = torch.tensor([accuracy, loss, *(weights or ())], device=self.args.device)
+                    values.append(self.accelerator.gather_for_metrics(row.unsqueeze(0)).cpu())
                     self.control = self.callback_handler.on_prediction_step(self.args, self.state, self.control)
                 gathered = torch.cat(values)
-                mean, ci95 = mean_and_ci95(gathered[:, 0].tolist())
-                domains.append(DomainAccuracy(domain, mean, ci95, len(gathered), in_domain=True))
+                accuracies = tuple(gathered[:, 0].tolist())
+                mean, ci95 = mean_and_ci95(accuracies)
+                routing = tuple(map(tuple, gathered[:, 2:].tolist())) if gathered.shape[1] > 2 else ()
+                domains.append(DomainAccuracy(domain, mean, ci95, len(gathered), True, accuracies, routing))
                 losses.extend(gathered[:, 1].tolist())
         return EvaluationResults(tuple(domains)), losses
 
