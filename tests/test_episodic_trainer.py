@@ -104,6 +104,35 @@ def test_chained_optimizer_clips_its_groups_alone_and_resumes_exactly():
         ChainedOptimizer([torch.optim.SGD([clipped], lr=1.0)]).load_state_dict(optimizer.state_dict())
 
 
+def test_chained_optimizer_reports_each_groups_gradient_and_exact_update_size():
+    plain, moving, adapted = (torch.nn.Parameter(torch.full((4,), 1.0)) for _ in range(3))
+    optimizer = ChainedOptimizer(
+        [
+            torch.optim.SGD(
+                [
+                    {"name": "plain", "params": [plain], "max_grad_norm": 1.0, "weight_decay": 0.1},
+                    {"name": "moving", "params": [moving], "momentum": 0.9},
+                ],
+                lr=0.5,
+            ),
+            torch.optim.AdamW([{"name": "adapted", "params": [adapted]}], lr=0.1),
+        ]
+    )
+    measured = {"plain": 0.0, "moving": 0.0, "adapted": 0.0}
+    for step in range(2):
+        before = {name: p.detach().clone() for name, p in zip(measured, (plain, moving, adapted), strict=True)}
+        for parameter in (plain, moving, adapted):
+            parameter.grad = torch.full((4,), 2.0 + step)
+        optimizer.step()
+        for name, parameter in zip(measured, (plain, moving, adapted), strict=True):
+            measured[name] += float(torch.linalg.vector_norm(parameter.detach() - before[name])) / 2
+    statistics = optimizer.pop_statistics()
+    for name, value in measured.items():
+        assert statistics[f"update_norm_{name}"] == pytest.approx(value, rel=1e-6), name
+    assert statistics["grad_norm_plain"] == pytest.approx((4.0 + 6.0) / 2), "the norm before clipping"
+    assert optimizer.pop_statistics() == {}, "means since the last call"
+
+
 # ------------------------------------------------------------------------------------------ validation
 def test_ci95_formula():
     mean, ci95 = mean_and_ci95([50.0, 100.0, 75.0, 75.0])
@@ -168,6 +197,9 @@ def test_tiny_smat_improves_query_accuracy_on_minimeta_training_episodes(tmp_pat
     for name in ("distillation_loss", "sparsity_loss", "multiplier_loss", "router_penalty", "train_accuracy"):
         assert all(math.isfinite(entry[name]) for entry in logged), name
     assert {"expert_0_sparsity", "expert_1_sparsity"} <= set(logged[-1])
+    groups = ("delta", "gate_logits", "multipliers", "router")
+    assert {f"{kind}_norm_{group}" for kind in ("grad", "update") for group in groups} <= set(logged[-1])
+    assert logged[-1]["update_norm_delta"] > 0 and logged[-1]["update_norm_router"] > 0
     assert int(model.router_tasks_seen) == 200
 
 

@@ -19,23 +19,54 @@ from .arguments import FewShotTrainingArguments
 
 class ChainedOptimizer(torch.optim.Optimizer):
     """Several optimizers stepped together. A param group with a `max_grad_norm` entry has its gradient
-    norm clipped to it (that group alone) before the step."""
+    norm clipped to it (that group alone) before the step.
+
+    Each step also measures, per group with a `name` entry, the gradient norm before clipping and the size of
+    the update ‖Δw‖ (`pop_statistics()`: their means since the last call, e.g. `update_norm_gate_logits`). This
+    is how one sees where SMAT's movement goes (docs/smat.md). SGD updates are read from the gradient or the
+    momentum buffer; other optimizers' groups (the router's AdamW) are compared with a copy taken before the step.
+    """
 
     def __init__(self, optimizers: Sequence[torch.optim.Optimizer]):
         self.optimizers = list(optimizers)
         # The groups are the children's own dicts, so a scheduler changing `lr` here changes it there.
         super().__init__([group for optimizer in self.optimizers for group in optimizer.param_groups], {})
         self.state = ChainMap(*(optimizer.state for optimizer in self.optimizers))
+        self._statistics: dict[str, float] = {}
+        self._steps = 0
 
     @torch.no_grad()
     def step(self, closure=None) -> None:
         if closure is not None:
             raise ValueError("ChainedOptimizer takes no closure.")
-        for group in self.param_groups:
-            if group.get("max_grad_norm"):
-                clip_grad_norm_float64(group["params"], group["max_grad_norm"])
+        before = {}
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                name = group.get("name")
+                if name is not None:
+                    self._add(f"grad_norm_{name}", float(_norm([p.grad for p in group["params"]])))
+                if group.get("max_grad_norm"):
+                    clip_grad_norm_float64(group["params"], group["max_grad_norm"])
+                if name is not None:
+                    before[name] = _update_before_step(optimizer, group)
         for optimizer in self.optimizers:
             optimizer.step()
+        for optimizer in self.optimizers:
+            for group in optimizer.param_groups:
+                if group.get("name") is not None:
+                    self._add(
+                        f"update_norm_{group['name']}", _update_after_step(optimizer, group, before[group["name"]])
+                    )
+        self._steps += 1
+
+    def _add(self, key: str, value: float) -> None:
+        self._statistics[key] = self._statistics.get(key, 0.0) + value
+
+    def pop_statistics(self) -> dict[str, float]:
+        """Mean gradient norm (before clipping) and update norm of each named group since the last call."""
+        steps, statistics = max(self._steps, 1), self._statistics
+        self._statistics, self._steps = {}, 0
+        return {key: value / steps for key, value in statistics.items()}
 
     def state_dict(self) -> dict[str, Any]:
         return {"optimizers": [optimizer.state_dict() for optimizer in self.optimizers]}
@@ -52,6 +83,35 @@ class ChainedOptimizer(torch.optim.Optimizer):
         # load_state_dict gives the children new group dicts: point at them again.
         self.param_groups = [group for optimizer in self.optimizers for group in optimizer.param_groups]
         self.state = ChainMap(*(optimizer.state for optimizer in self.optimizers))
+
+
+def _norm(tensors) -> torch.Tensor:
+    """The joint L2 norm of `tensors` (None entries skipped), accumulated in float64."""
+    norms = [torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors if t is not None]
+    return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), dtype=torch.float64)
+
+
+def _update_before_step(optimizer: torch.optim.Optimizer, group: dict):
+    """What `_update_after_step` needs: SGD without momentum, its step direction g + wd·w (the update is lr times
+    it); SGD with momentum, nothing (the buffer is the direction); other optimizers, a copy of the weights."""
+    if isinstance(optimizer, torch.optim.SGD) and not group["momentum"] and not group.get("nesterov"):
+        grads = [p.grad for p in group["params"] if p.grad is not None]
+        if group["weight_decay"]:
+            grads = [p.grad + group["weight_decay"] * p for p in group["params"] if p.grad is not None]
+        return _norm(grads)
+    if isinstance(optimizer, torch.optim.SGD) and not group.get("nesterov"):
+        return None
+    return [p.detach().clone() for p in group["params"]]
+
+
+def _update_after_step(optimizer: torch.optim.Optimizer, group: dict, before) -> float:
+    """‖Δw‖ of one group's step, exactly (torch's SGD: w −= lr·d with d the direction or the momentum buffer)."""
+    if isinstance(before, torch.Tensor):
+        return float(group["lr"] * before)
+    if before is None:
+        buffers = [optimizer.state[p].get("momentum_buffer") for p in group["params"] if p.grad is not None]
+        return float(group["lr"] * _norm(buffers))
+    return float(_norm([p.detach() - old for p, old in zip(group["params"], before, strict=True)]))
 
 
 @torch.no_grad()
@@ -77,16 +137,21 @@ def smat_optimizer(model: nn.Module, args: FewShotTrainingArguments) -> ChainedO
     router = [p for p in model.router.parameters() if p.requires_grad]
     sgd = torch.optim.SGD(
         [
-            {"params": [model.delta], "momentum": args.momentum, "weight_decay": args.weight_decay},
-            {"params": [model.gate_logits], "lr": args.gate_learning_rate, "max_grad_norm": args.gate_max_grad_norm},
-            {"params": [model.sparsity_multipliers], "lr": args.multiplier_learning_rate},
+            {"name": "delta", "params": [model.delta], "momentum": args.momentum, "weight_decay": args.weight_decay},
+            {
+                "name": "gate_logits",
+                "params": [model.gate_logits],
+                "lr": args.gate_learning_rate,
+                "max_grad_norm": args.gate_max_grad_norm,
+            },
+            {"name": "multipliers", "params": [model.sparsity_multipliers], "lr": args.multiplier_learning_rate},
         ],
         lr=args.learning_rate,
         momentum=0.0,
         weight_decay=0.0,
     )
     adamw = torch.optim.AdamW(
-        [{"params": router, "max_grad_norm": args.router_max_grad_norm}],
+        [{"name": "router", "params": router, "max_grad_norm": args.router_max_grad_norm}],
         lr=args.router_learning_rate,
         weight_decay=args.router_weight_decay,
         betas=(args.adam_beta1, args.adam_beta2),

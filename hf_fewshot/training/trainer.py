@@ -23,7 +23,7 @@ from hf_fewshot.models.modeling_smat import SmatModel
 from hf_fewshot.models.prototypes import eval_mode
 
 from .arguments import FewShotTrainingArguments
-from .optimization import EPISODIC_OPTIMIZERS, default_max_grad_norm
+from .optimization import EPISODIC_OPTIMIZERS, ChainedOptimizer, default_max_grad_norm
 from .sam import perturbed_weights
 
 
@@ -184,8 +184,10 @@ class EpisodicTrainer(SAMTrainer):
       τ_r) advances by the number of labelled tasks of that update summed over all processes — SAM's second
       pass and unlabelled forwards are not tasks (docs/smat.md).
     - Logs: besides the loss, the mean of every scalar term the model outputs (SMAT: classification,
-      distillation, sparsity, multiplier losses, router penalty, τ_r), each expert's measured sparsity and
-      the training query accuracy (rank 0's tasks).
+      distillation, sparsity, multiplier losses, router penalty, τ_r), each expert's measured sparsity,
+      the training query accuracy (rank 0's tasks) and, for SMAT, each optimiser group's gradient norm before
+      clipping and update size (`grad_norm_{group}`, `update_norm_{group}`: delta, gate_logits, multipliers,
+      router).
     - Evaluation: `eval_episodes` fixed episodes per domain (the same at every evaluation), the eval
       transform and eval-mode forward; metrics `eval_{domain}_accuracy` / `_ci95` (mean ± 95% CI, %),
       `eval_accuracy` (mean over domains, for `metric_for_best_model="accuracy"`) and `eval_loss`; for SMAT
@@ -310,6 +312,9 @@ class EpisodicTrainer(SAMTrainer):
             logs.update({name: self._term_sums[name] / count for name, count in self._term_counts.items()})
             self._term_sums.clear()
             self._term_counts.clear()
+        optimizer = getattr(self.optimizer, "optimizer", self.optimizer)  # accelerate wraps it
+        if "loss" in logs and isinstance(optimizer, ChainedOptimizer):
+            logs.update(optimizer.pop_statistics())
         super().log(logs, *args, **kwargs)
 
     # ------------------------------------------------------------------------------------ evaluation
