@@ -73,14 +73,19 @@ class MetaTuneArguments:
 
 DEFAULTS = dict(
     output_dir="runs/minimeta-smat",
-    model_config={"num_experts": 4, "sparsity_target": 0.5},  # router_tau_decay_tasks: from the training length
+    # The embedded demo is 800 tasks, 1.6% of the paper's; three settings differ from the paper's so that the experts
+    # saturate and specialise within it (docs/smat.md, "At a small budget"): eval gates = training gates (β_eval = β),
+    # a 100× gate lr (log α's gradient is ~1e-5 of the clip here, so the paper's lr barely moves it) and a 100×
+    # smaller multiplier lr (the same Lagrangian push per step). router_tau_decay_tasks: from the training length.
+    model_config={"num_experts": 4, "sparsity_target": 0.5, "gate_beta_eval": 2 / 3},
     max_steps=400,
     train_episodes_per_epoch=600,
     gradient_accumulation_steps=2,
     learning_rate=0.01,
     weight_decay=1e-4,
     router_learning_rate=1e-3,
-    multiplier_learning_rate=0.05,
+    gate_learning_rate=1e8,
+    multiplier_learning_rate=5e-4,
     max_grad_norm=0.0,
     warmup_steps=0.05,
     lr_scheduler_type="cosine",
