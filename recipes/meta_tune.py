@@ -148,6 +148,7 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     settings = dict(
         in_domain=[d for d in args.test_domains if d in args.train_domains],
         image_size=training_args.image_size,
+        progress=not training_args.disable_tqdm,
         **training_args.episode_settings(),
     )
     results = {
