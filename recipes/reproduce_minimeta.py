@@ -40,9 +40,7 @@ from tqdm.auto import tqdm
 import hf_fewshot
 from hf_fewshot import evaluate_episodes, load_domain
 from hf_fewshot.adaptation import BackbonePool
-from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, episode_loader
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
-from hf_fewshot.data.transforms import EvalTransform
 from hf_fewshot.evaluation import EvaluationResults, paired_difference
 from hf_fewshot.models import load_fewshot_model
 from hf_fewshot.models.prototypes import eval_mode
@@ -324,21 +322,12 @@ class Study:
         """SMAT's expert weights `[episodes, M]` on the test episodes of each domain (eval routing)."""
         path = self.root / "results" / "routing.json"
         if not path.exists():
-            model = load_fewshot_model(str(self.meta_tuned("smat")))
-            weights = {}
-            with eval_mode(model), torch.no_grad():
-                for domain, dataset in self.test.items():
-                    sampler = EpisodeSampler.from_dataset(
-                        dataset, protocol="md", seed=self.args.seed, num_episodes=self.args.routing_episodes,
-                        max_ways=self.args.max_ways, max_support=self.args.max_support,
-                    )  # fmt: skip
-                    loader = episode_loader(sampler, EpisodeCollator(dataset, EvalTransform(32)))
-                    weights[domain] = [
-                        model(
-                            e["support_pixel_values"], e["support_labels"], e["query_pixel_values"]
-                        ).expert_weights.tolist()
-                        for e in loader
-                    ]
+            results = evaluate_episodes(
+                load_fewshot_model(str(self.meta_tuned("smat"))), self.test, self.args.routing_episodes,
+                protocol="md", image_size=32, seed=self.args.seed, max_ways=self.args.max_ways,
+                max_support=self.args.max_support, progress=False,
+            )  # fmt: skip
+            weights = {domain.domain: [list(w) for w in domain.expert_weights] for domain in results.domains}
             write_atomically(path, json.dumps(weights))
         return {domain: np.asarray(w) for domain, w in json.loads(path.read_text()).items()}
 

@@ -42,13 +42,16 @@ class ChainedOptimizer(torch.optim.Optimizer):
         before = {}
         for optimizer in self.optimizers:
             for group in optimizer.param_groups:
-                name = group.get("name")
+                name, max_norm = group.get("name"), group.get("max_grad_norm")
+                if name is None and not max_norm:
+                    continue
+                norm = _norm([p.grad for p in group["params"]])  # one float64 pass: logged, clipped, stepped
                 if name is not None:
-                    self._add(f"grad_norm_{name}", float(_norm([p.grad for p in group["params"]])))
-                if group.get("max_grad_norm"):
-                    clip_grad_norm_float64(group["params"], group["max_grad_norm"])
+                    self._add(f"grad_norm_{name}", float(norm))
+                if max_norm:
+                    norm = norm * _clip_to(group["params"], norm, max_norm)
                 if name is not None:
-                    before[name] = _update_before_step(optimizer, group)
+                    before[name] = _update_before_step(optimizer, group, norm)
         for optimizer in self.optimizers:
             optimizer.step()
         for optimizer in self.optimizers:
@@ -86,19 +89,20 @@ class ChainedOptimizer(torch.optim.Optimizer):
 
 
 def _norm(tensors) -> torch.Tensor:
-    """The joint L2 norm of `tensors` (None entries skipped), accumulated in float64."""
+    """The joint L2 norm of `tensors` (None entries skipped), accumulated in float64: SMAT's gate bank holds M × N
+    elements (174 M for ViT-S), where a float32 sum of squares is off by ~1e-4 relative — and the clip with it."""
     norms = [torch.linalg.vector_norm(t, dtype=torch.float64) for t in tensors if t is not None]
     return torch.linalg.vector_norm(torch.stack(norms)) if norms else torch.zeros((), dtype=torch.float64)
 
 
-def _update_before_step(optimizer: torch.optim.Optimizer, group: dict):
-    """What `_update_after_step` needs: SGD without momentum, its step direction g + wd·w (the update is lr times
-    it); SGD with momentum, nothing (the buffer is the direction); other optimizers, a copy of the weights."""
+def _update_before_step(optimizer: torch.optim.Optimizer, group: dict, grad_norm: torch.Tensor):
+    """What `_update_after_step` needs: SGD without momentum, the norm of its step direction g + wd·w (the update is
+    lr times it; `grad_norm` = ‖g‖ after clipping, when there is no weight decay); SGD with momentum, nothing (the
+    buffer is the direction); other optimizers, a copy of the weights."""
     if isinstance(optimizer, torch.optim.SGD) and not group["momentum"] and not group.get("nesterov"):
-        grads = [p.grad for p in group["params"] if p.grad is not None]
-        if group["weight_decay"]:
-            grads = [p.grad + group["weight_decay"] * p for p in group["params"] if p.grad is not None]
-        return _norm(grads)
+        if not group["weight_decay"]:
+            return grad_norm
+        return _norm([p.grad + group["weight_decay"] * p for p in group["params"] if p.grad is not None])
     if isinstance(optimizer, torch.optim.SGD) and not group.get("nesterov"):
         return None
     return [p.detach().clone() for p in group["params"]]
@@ -114,21 +118,13 @@ def _update_after_step(optimizer: torch.optim.Optimizer, group: dict, before) ->
     return float(_norm([p.detach() - old for p, old in zip(group["params"], before, strict=True)]))
 
 
-@torch.no_grad()
-def clip_grad_norm_float64(parameters: Sequence[torch.Tensor], max_norm: float) -> torch.Tensor:
-    """Scale the gradients of `parameters` so that their joint L2 norm is at most `max_norm`; returns the norm.
-
-    As `torch.nn.utils.clip_grad_norm_`, but the norm is accumulated in float64: SMAT's gate bank holds M × N
-    elements (174 M for ViT-S), where a float32 sum of squares is off by ~1e-4 relative.
-    """
-    grads = [p.grad for p in parameters if p.grad is not None]
-    if not grads:
-        return torch.zeros((), dtype=torch.float64)
-    norm = torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g, dtype=torch.float64) for g in grads]))
+def _clip_to(parameters: Sequence[torch.Tensor], norm: torch.Tensor, max_norm: float) -> torch.Tensor:
+    """Scale the gradients whose joint norm is `norm` down to `max_norm` (never up); returns the scale."""
     scale = (max_norm / (norm + 1e-6)).clamp(max=1.0)
-    for grad in grads:
-        grad.mul_(scale.to(grad.dtype))
-    return norm
+    for parameter in parameters:
+        if parameter.grad is not None:
+            parameter.grad.mul_(scale.to(parameter.grad.dtype))
+    return scale
 
 
 def smat_optimizer(model: nn.Module, args: FewShotTrainingArguments) -> ChainedOptimizer:
