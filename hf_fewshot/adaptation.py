@@ -122,7 +122,9 @@ def finetune_on_support(
     if mode == "lora":
         backbone.requires_grad_(False)
         config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=0.0)
-        backbone = get_peft_model(backbone, config)
+        with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from `seed`, not the global RNG
+            torch.manual_seed(seed)
+            backbone = get_peft_model(backbone, config)
         learning_rate = 10 * learning_rate
     else:
         backbone.requires_grad_(True)

@@ -38,6 +38,7 @@ class AdaptArguments:
     mode: str = field(default="lora", metadata={"help": "'lora' (a PEFT adapter) or 'full' fine-tuning."})
     learning_rate: float | None = field(default=None, metadata={"help": "None: chosen on the images themselves."})
     steps: int = 50
+    seed: int = field(default=0, metadata={"help": "Seeds the augmentation and LoRA's initialisation."})
     image_size: int | None = field(default=None, metadata={"help": "Default: the backbone's configured size."})
     output_dir: str = "runs/adapted"
     hub_repo_id: str | None = field(default=None, metadata={"help": "Push the classifier here, the adapter to -lora."})
@@ -71,9 +72,9 @@ def run(args: AdaptArguments) -> Path:
     support = EvalTransform(size)(images)
     task_learning_rate = args.learning_rate
     if task_learning_rate is None:
-        task_learning_rate = choose_learning_rate(model, support, labels, args.mode, args.steps)
+        task_learning_rate = choose_learning_rate(model, support, labels, args.mode, args.steps, seed=args.seed)
         print(f"Learning rate chosen on the images themselves: {task_learning_rate}")
-    task = finetune_on_support(model, support, labels, args.mode, task_learning_rate, args.steps)
+    task = finetune_on_support(model, support, labels, args.mode, task_learning_rate, args.steps, seed=args.seed)
     output = Path(args.output_dir)
     classifier = task.to_image_classifier(id2label)
     # The processor repeats EvalTransform: shorter side to size·146/128, centre crop, ImageNet statistics.

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pretrain
 from accelerate import PartialState
+from transformers import set_seed
 
 from hf_fewshot import (
     EpisodicTrainer,
@@ -125,6 +126,7 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
                 f"({tasks} tasks): τ_r reaches its minimum after 36% of them, as in the paper."
             )
     args.model_config = model_config
+    set_seed(training_args.seed)  # gate logits, router keys and skill tokens are drawn here, before the Trainer seeds
     model = METHODS[args.method].from_backbone(args.backbone, **model_config)
     splits = {
         split: {d: load_domain(args.data_source, d, split) for d in args.train_domains}

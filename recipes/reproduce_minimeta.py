@@ -1,13 +1,14 @@
 """Reproduce the claims of SMAT (ICML 2024) and of flat backbones (arXiv 2404.07696) in miniature on MiniMeta.
 
-    python recipes/reproduce_minimeta.py            # the study (≈ 75 minutes on 2 CPU cores) → reports/minimeta/
+    python recipes/reproduce_minimeta.py            # the study (≈ 100 minutes on 2 CPU cores) → reports/minimeta/
     python recipes/reproduce_minimeta.py --quick    # every stage on a smoke budget (≤ 10 minutes)
     python recipes/reproduce_minimeta.py --quick --test_episodes 100   # a preset, then flags override it
 
 1. Pre-training: the tiny ViT of recipes/pretrain.py with ERM and with SAM (same epochs), then one backbone per
    training domain fine-tuned from the SAM one with SAM (SAM.md §3 "information fusion"; same steps each).
-2. Meta-tuning from the SAM backbone, all on the same tasks (same seed and number): P>M>F and SMAT, and the SMAT
-   ablations (sparsity τ, number of experts, no dense teachers).
+2. Meta-tuning from the SAM backbone, all on the same tasks (same seed): P>M>F and SMAT on a long budget (the main
+   comparison) and on the short one of the SMAT ablations (sparsity τ, number of experts, no dense teachers, no
+   support/query split, masks not meta-learned, the paper's gate settings).
 3. Evaluation on every MiniMeta test split, all models on the same fixed episodes: each model as is, and the
    backbone, P>M>F and SMAT fine-tuned on every support set (full and LoRA; learning rates chosen on validation
    episodes of the training domains); ERM vs SAM; backbone selection + fine-tuning; routing per domain.
@@ -41,9 +42,9 @@ import hf_fewshot
 from hf_fewshot import evaluate_episodes, load_domain
 from hf_fewshot.adaptation import BackbonePool
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
+from hf_fewshot.diagnostics import smat_diagnostics
 from hf_fewshot.evaluation import EvaluationResults, paired_difference
 from hf_fewshot.models import load_fewshot_model
-from hf_fewshot.models.prototypes import eval_mode
 from hf_fewshot.training.cli import parse_recipe_arguments
 from hf_fewshot.viz import (
     expert_density_by_layer_type,
@@ -62,6 +63,7 @@ FULL = dict(
     pretrain_epochs=10,
     domain_backbone_steps=300,
     meta_tasks=800,
+    long_meta_tasks=4000,
     validation_episodes=50,
     test_episodes=600,
     finetune_episodes=200,
@@ -74,6 +76,7 @@ QUICK = dict(
     pretrain_epochs=1,
     domain_backbone_steps=30,
     meta_tasks=48,
+    long_meta_tasks=96,
     validation_episodes=10,
     test_episodes=40,
     finetune_episodes=12,
@@ -90,7 +93,10 @@ class StudyArguments:
     seed: int = field(default=0, metadata={"help": "Seed of every training run and of the evaluation episodes."})
     pretrain_epochs: float = field(default=10, metadata={"help": "Epochs of the ERM and the SAM backbone."})
     domain_backbone_steps: int = field(default=300, metadata={"help": "SAM steps of each per-domain backbone."})
-    meta_tasks: int = field(default=800, metadata={"help": "Tasks of every meta-tuning run (2 per update)."})
+    meta_tasks: int = field(default=800, metadata={"help": "Tasks of each ablation run (2 per update)."})
+    long_meta_tasks: int = field(
+        default=4000, metadata={"help": "Tasks of the main P>M>F and SMAT runs (2 per update)."}
+    )
     validation_episodes: int = field(
         default=50, metadata={"help": "Validation episodes per training domain (checkpoints, fine-tuning lr)."}
     )
@@ -117,29 +123,37 @@ class StudyArguments:
             )
 
 
-def smat_name(sparsity: float = MAIN_SPARSITY, experts: int = MAIN_EXPERTS, teachers: bool = True) -> str:
-    """The run folder of a SMAT variant ("smat" for the main one)."""
-    name = "smat" if (sparsity, experts) == (MAIN_SPARSITY, MAIN_EXPERTS) else f"smat-tau{sparsity}-m{experts}"
-    return name if teachers else f"{name}-no-teachers"
+MAIN_CELLS = {"pmf-long": "P>M>F", "smat-long": "SMAT"}  # the results names of the main comparison's runs
 
 
-def smat_cell(sparsity: float = MAIN_SPARSITY, experts: int = MAIN_EXPERTS, teachers: bool = True) -> str:
-    """The results name of a SMAT variant ("SMAT" for the main one, as in the tables)."""
-    name = smat_name(sparsity, experts, teachers)
-    return "SMAT" if name == "smat" else name
+@dataclass(frozen=True)
+class MetaRun:
+    """One meta-tuning run: its folder (and results) name, how it differs from the short-budget SMAT, and its
+    settings over meta_tune.py's defaults (`model_config` over `DEFAULTS["model_config"]`, then training flags)."""
+
+    name: str
+    differs: str
+    method: str = "smat"
+    model_config: Mapping = field(default_factory=dict)
+    flags: tuple[str, ...] = ()
+    long: bool = False
 
 
-def matched_gates_cell(sparsity: float) -> str:
-    """The results name of a τ run evaluated with training-temperature gates."""
-    return f"{smat_cell(sparsity)} @ training-temperature gates"
+def tau_run(sparsity: float) -> str:
+    return "smat" if sparsity == MAIN_SPARSITY else f"smat-tau{sparsity:g}"
 
 
-def with_training_temperature_gates(path: Path):
-    """A saved SMAT whose eval gates use the training temperature β instead of β_eval (still noise-free): the
-    eval masks then have the sparsity the Lagrangian enforced in training, even when the gates are not saturated."""
-    model = load_fewshot_model(str(path))
-    model.config.gate_beta_eval = model.config.gate_beta
-    return model
+def experts_run(experts: int) -> str:
+    return "smat" if experts == MAIN_EXPERTS else f"smat-m{experts}"
+
+
+# The paper's gate settings (SMAT.md §2, §6), which meta_tune.py's short-budget defaults replace (docs/smat.md).
+PAPER_GATES = MetaRun(
+    "smat-paper-gates",
+    "the paper's gate settings: β_eval 1, gate lr 1e6, multiplier lr 0.002",
+    model_config={"gate_beta_eval": 1.0},
+    flags=("--gate_learning_rate", "1e6", "--multiplier_learning_rate", "0.002"),
+)
 
 
 class Study:
@@ -196,18 +210,21 @@ class Study:
         self.commands.append("python recipes/pretrain.py " + " ".join(argv))
         self.timed(f"pretrain {name}", lambda: pretrain.main(argv))
 
-    def meta_tune(self, name: str, method: str, model_config: Mapping) -> None:
-        steps = max(1, self.args.meta_tasks // 2)
+    def meta_tune(self, run: MetaRun) -> None:
+        steps = max(1, (self.args.long_meta_tasks if run.long else self.args.meta_tasks) // 2)
         every = max(1, steps // 4)
+        model_config = dict(run.model_config)
+        if run.method == "smat":
+            model_config = {**meta_tune.DEFAULTS["model_config"], **model_config}
         argv = [
-            "--method", method, "--backbone", str(self.backbone("sam")),
-            "--output_dir", str(self.meta_tuned(name).parent), "--model_config", json.dumps(dict(model_config)),
+            "--method", run.method, "--backbone", str(self.backbone("sam")),
+            "--output_dir", str(self.meta_tuned(run.name).parent), "--model_config", json.dumps(model_config),
             "--max_steps", str(steps), "--eval_steps", str(every), "--save_steps", str(every),
             "--logging_steps", str(every), "--eval_episodes", str(self.args.validation_episodes),
-            "--test_episodes", "0", "--seed", str(self.args.seed),
+            "--test_episodes", "0", "--seed", str(self.args.seed), *run.flags,
         ]  # fmt: skip
         self.commands.append("python recipes/meta_tune.py " + " ".join(f"'{a}'" if "{" in a else a for a in argv))
-        self.timed(f"meta-tune {name}", lambda: meta_tune.main(argv))
+        self.timed(f"meta-tune {run.name}", lambda: meta_tune.main(argv))
 
     def train_everything(self) -> None:
         epochs = str(self.args.pretrain_epochs)
@@ -219,19 +236,36 @@ class Study:
                 ["--backbone", str(self.backbone("sam")), "--domains", domain,
                  "--max_steps", str(self.args.domain_backbone_steps), "--sam_rho", "0.05"],
             )  # fmt: skip
-        self.meta_tune("pmf", "protonet", {})
-        for sparsity, experts, teachers in self.smat_variants():
-            config = {"num_experts": experts, "sparsity_target": sparsity, "router_tau_decay_tasks": 200}
-            self.meta_tune(
-                smat_name(sparsity, experts, teachers), "smat", config | ({} if teachers else {"kd_weight": 0.0})
-            )
+        for run in self.meta_runs():
+            self.meta_tune(run)
 
-    def smat_variants(self) -> list[tuple[float, int, bool]]:
-        """(τ, experts, dense teachers) of every SMAT run: the main one first, then each ablation's other points."""
-        variants = [(MAIN_SPARSITY, MAIN_EXPERTS, True)]
-        variants += [(tau, MAIN_EXPERTS, True) for tau in self.args.sparsity_targets if tau != MAIN_SPARSITY]
-        variants += [(MAIN_SPARSITY, m, True) for m in self.args.expert_counts if m != MAIN_EXPERTS]
-        return variants + [(MAIN_SPARSITY, MAIN_EXPERTS, False)]
+    def meta_runs(self) -> list[MetaRun]:
+        """Every meta-tuning run: the long main comparison, then the short-budget SMAT and its ablations."""
+        args = self.args
+        runs = [
+            MetaRun("pmf-long", "P>M>F, the long budget", method="protonet", long=True),
+            MetaRun("smat-long", "the long budget", long=True),
+            MetaRun("pmf", "P>M>F", method="protonet"),
+            MetaRun("smat", "—"),
+        ]
+        runs += [MetaRun(tau_run(t), f"τ {t:g}", model_config={"sparsity_target": t})
+                 for t in args.sparsity_targets if t != MAIN_SPARSITY]  # fmt: skip
+        runs += [MetaRun(experts_run(m), f"{m} experts", model_config={"num_experts": m})
+                 for m in args.expert_counts if m != MAIN_EXPERTS]  # fmt: skip
+        return runs + [
+            MetaRun("smat-no-teachers", "no dense teachers (kd_weight 0)", model_config={"kd_weight": 0.0}),
+            MetaRun("smat-no-split", 'no support/query split ("Meta ×")', model_config={"support_query_split": False}),
+            MetaRun(
+                "smat-fixed-masks",
+                "masks not meta-learned: log α and λ frozen at their initialisation",
+                flags=("--gate_learning_rate", "0", "--multiplier_learning_rate", "0"),
+            ),
+            PAPER_GATES,
+        ]
+
+    def smat_ablations(self) -> list[MetaRun]:
+        """The short-budget SMAT runs, the reference first."""
+        return [run for run in self.meta_runs() if run.method == "smat" and not run.long]
 
     # ----------------------------------------------------------------------------------------- evaluation
     def evaluate(self, name: str, load: Callable[[], torch.nn.Module], finetune: Mapping | None = None):
@@ -285,22 +319,16 @@ class Study:
         models = {
             "ERM backbone": fewshot(self.backbone("erm")),
             "SAM backbone": fewshot(self.backbone("sam")),
-            "P>M>F": fewshot(self.meta_tuned("pmf")),
-            "SMAT": fewshot(self.meta_tuned("smat")),
+            **{cell: fewshot(self.meta_tuned(run)) for run, cell in MAIN_CELLS.items()},
             "selection (SAM pool)": self.backbone_pool,
         }
         results = {}
         self.timed("choose fine-tuning learning rates", lambda: [self.finetune(mode) for mode in ("full", "lora")])
         plan = [(name, load, None) for name, load in models.items()]
-        for mode in ("full", "lora"):
-            plan += [(f"{name} + {mode} FT", models[name], mode) for name in ("SAM backbone", "P>M>F", "SMAT")]
+        plan += [(f"{name} + full FT", models[name], "full") for name in ("SAM backbone", "P>M>F", "SMAT")]
+        plan += [("SMAT + lora FT", models["SMAT"], "lora")]
         plan += [(f"{name} + full FT", models[name], "full") for name in ("ERM backbone", "selection (SAM pool)")]
-        for sparsity, experts, teachers in self.smat_variants()[1:]:
-            run = self.meta_tuned(smat_name(sparsity, experts, teachers))
-            plan.append((smat_cell(sparsity, experts, teachers), fewshot(run), None))
-        for sparsity in self.args.sparsity_targets:  # diagnostic: eval gates as sparse as the training ones
-            run = self.meta_tuned(smat_name(sparsity))
-            plan.append((matched_gates_cell(sparsity), lambda run=run: with_training_temperature_gates(run), None))
+        plan += [(run.name, fewshot(self.meta_tuned(run.name)), None) for run in self.meta_runs() if not run.long]
         self.cells = [name for name, _, _ in plan]
         for name, load, mode in tqdm(plan, desc="evaluation cells"):
             results[name] = self.evaluate(name, load, self.finetune(mode) if mode else None)
@@ -319,11 +347,11 @@ class Study:
         return BackbonePool({name: load_fewshot_model(str(self.backbone(name))) for name in names})
 
     def routing_weights(self) -> dict[str, np.ndarray]:
-        """SMAT's expert weights `[episodes, M]` on the test episodes of each domain (eval routing)."""
+        """The main SMAT's expert weights `[episodes, M]` on the test episodes of each domain (eval routing)."""
         path = self.root / "results" / "routing.json"
         if not path.exists():
             results = evaluate_episodes(
-                load_fewshot_model(str(self.meta_tuned("smat"))), self.test, self.args.routing_episodes,
+                load_fewshot_model(str(self.meta_tuned("smat-long"))), self.test, self.args.routing_episodes,
                 protocol="md", image_size=32, seed=self.args.seed, max_ways=self.args.max_ways,
                 max_support=self.args.max_support, progress=False,
             )  # fmt: skip
@@ -380,18 +408,10 @@ def validation_curve(study: Study, name: str) -> list[tuple[float, float]]:
     return [(2 * entry["step"], entry["eval_accuracy"]) for entry in history if "eval_accuracy" in entry]
 
 
-@torch.no_grad()
-def gate_sparsity(model) -> tuple[float, float]:
-    """(Expected sparsity of the training gates, measured sparsity of the eval gates), averaged over experts."""
-    training = 1.0 - float(model.expected_density().mean())
-    with eval_mode(model):
-        return training, float(model.expert_sparsity().mean())
-
-
 def write_report(study: Study, results: Mapping[str, EvaluationResults]) -> Path:
     args, report = study.args, Path(study.args.report_dir)
     report.mkdir(parents=True, exist_ok=True)
-    smat = load_fewshot_model(str(study.meta_tuned("smat")))
+    smat = load_fewshot_model(str(study.meta_tuned("smat-long")))
     plots = {
         "accuracy.png": plot_domain_accuracy(
             {name: results[name] for name in ("SAM backbone", "P>M>F", "SMAT", "SMAT + full FT")},
@@ -411,11 +431,7 @@ def write_report(study: Study, results: Mapping[str, EvaluationResults]) -> Path
             report / "flatness.png",
         ),  # fmt: skip
         "sparsity_tradeoff.png": plot_sparsity_tradeoff(
-            {tau: results[smat_cell(tau)] for tau in args.sparsity_targets}, report / "sparsity_tradeoff.png"
-        ),
-        "sparsity_tradeoff_training_gates.png": plot_sparsity_tradeoff(
-            {tau: results[matched_gates_cell(tau)] for tau in args.sparsity_targets},
-            report / "sparsity_tradeoff_training_gates.png",
+            {tau: results[tau_run(tau)] for tau in args.sparsity_targets}, report / "sparsity_tradeoff.png"
         ),
         "expert_density.png": plot_expert_density(smat, report / "expert_density.png"),
         "expert_overlap.png": plot_expert_overlap(smat, report / "expert_overlap.png"),
@@ -423,7 +439,7 @@ def write_report(study: Study, results: Mapping[str, EvaluationResults]) -> Path
         "dense_teachers.png": plot_validation_curves(
             {
                 "SMAT": validation_curve(study, "smat"),
-                "SMAT without dense teachers": validation_curve(study, smat_name(teachers=False)),
+                "SMAT without dense teachers": validation_curve(study, "smat-no-teachers"),
             },
             report / "dense_teachers.png",
         ),  # fmt: skip
@@ -431,8 +447,8 @@ def write_report(study: Study, results: Mapping[str, EvaluationResults]) -> Path
     sections = [
         header(study),
         claims_section(study, results),
-        "## Table 1: meta-tuning and fine-tuning\n\nTest accuracy (%), mean ± 95% CI over "
-        f"{args.test_episodes} episodes per domain (FT rows: the first {args.finetune_episodes} of them); the "
+        f"## Table 1: meta-tuning ({args.long_meta_tasks} tasks) and fine-tuning\n\nTest accuracy (%), mean ± 95% "
+        f"CI over {args.test_episodes} episodes per domain (FT rows: the first {args.finetune_episodes} of them); the "
         "averages' CIs combine the domains' as independent.\n\n"
         + methods_table(
             {name: results[name] for name in results if name.split(" + ")[0] in ("SAM backbone", "P>M>F", "SMAT")}
@@ -468,14 +484,15 @@ Generated by `{command}` (hf-fewshot {hf_fewshot.__version__}, torch {torch.__ve
 - **Backbones**: the tiny ViT of `recipes/pretrain.py` (width 128, 4 layers, 8-px patches: 16 tokens), trained
   from scratch for {args.pretrain_epochs:g} epochs with ERM and with SAM (ρ 0.05); per-domain backbones: the SAM
   backbone fine-tuned with SAM for {args.domain_backbone_steps} steps on one training domain each.
-- **Meta-tuning**: from the SAM backbone, {args.meta_tasks} tasks per run (2 per update), the same tasks for every
-  run (seed {args.seed}); SMAT: {MAIN_EXPERTS} experts, τ {MAIN_SPARSITY}; P>M>F with the same learning rate and
-  schedule.
+- **Meta-tuning**: from the SAM backbone, the same tasks for every run (seed {args.seed}, 2 per update), with
+  meta_tune.py's defaults (SMAT: {MAIN_EXPERTS} experts, τ {MAIN_SPARSITY}, eval gates at the training temperature,
+  the router's temperature decay derived from the run's length; P>M>F with the same learning rate and schedule):
+  {args.long_meta_tasks} tasks for the main comparison (Table 1), {args.meta_tasks} for the ablations.
   The checkpoint with the best validation accuracy ({args.validation_episodes} episodes per training domain) is kept.
 - **Episodes**: Meta-Dataset sampling (variable ways and shots), ≤ {args.max_ways} ways, ≤ {args.max_support} support
   images; {args.test_episodes} test episodes per domain, the same episodes for every model (seed {args.seed}); the
   fine-tuned (FT) rows use the first {args.finetune_episodes} of them (one FT episode costs ~10× an episode
-  without FT on this CPU: all FT rows on 600 episodes would not fit the study's 90-minute budget).
+  without FT on this CPU: all FT rows on 600 episodes would not fit the study's 2-hour budget).
 - **Fine-tuning** (FT) on each support set: {args.finetune_steps} AdamW steps; learning rate full {rates["full"]:g},
   LoRA {10 * rates["lora"]:g} (r 8, α 32, q/v), chosen from {args.finetune_learning_rates} (LoRA: 10×) by the
   fine-tuned SAM backbone's accuracy on validation episodes of the training domains.
@@ -484,12 +501,11 @@ Generated by `{command}` (hf-fewshot {hf_fewshot.__version__}, torch {torch.__ve
 
 
 def claims_section(study: Study, results: Mapping[str, EvaluationResults]) -> str:
-    r, taus = results, sorted(study.args.sparsity_targets)
-    sparse, dense, no_teachers = r[smat_cell(taus[-1])], r[smat_cell(taus[0])], r[smat_cell(teachers=False)]
-    matched = [r[matched_gates_cell(taus[0])], r[matched_gates_cell(taus[-1])]]
+    taus, long, short = sorted(study.args.sparsity_targets), study.args.long_meta_tasks, study.args.meta_tasks
+    sparse, dense = tau_run(taus[-1]), tau_run(taus[0])
     claims = [
-        ("SMAT ≥ P>M>F in-domain", "SMAT", "P>M>F", "ID", "not worse"),
-        ("SMAT > P>M>F out of domain", "SMAT", "P>M>F", "OOD", "better"),
+        (f"SMAT ≥ P>M>F in-domain, {long} tasks", "SMAT", "P>M>F", "ID", "not worse"),
+        (f"SMAT > P>M>F out of domain, {long} tasks", "SMAT", "P>M>F", "OOD", "better"),
         ("SMAT + full FT > P>M>F + full FT out of domain", "SMAT + full FT", "P>M>F + full FT", "OOD", "better"),
         ("SAM backbone > ERM backbone on unseen domains", "SAM backbone", "ERM backbone", "OOD", "better"),
         ("… both fine-tuned (the flatness paper's setting)", "SAM backbone + full FT", "ERM backbone + full FT",
@@ -500,16 +516,19 @@ def claims_section(study: Study, results: Mapping[str, EvaluationResults]) -> st
         ("… SAM backbone + full FT > SAM backbone", "SAM backbone + full FT", "SAM backbone", "OOD", "better"),
         ("selection + FT > SAM backbone + FT", "selection (SAM pool) + full FT", "SAM backbone + full FT", "OOD",
          "better"),
+        (f"SMAT ≥ P>M>F in-domain, {short} tasks", "smat", "pmf", "ID", "not worse"),
+        (f"SMAT > P>M>F out of domain, {short} tasks", "smat", "pmf", "OOD", "better"),
+        (f"τ trades ID for OOD: τ {taus[-1]:g} < τ {taus[0]:g} in-domain", sparse, dense, "ID", "worse"),
+        (f"… and τ {taus[-1]:g} > τ {taus[0]:g} out of domain", sparse, dense, "OOD", "better"),
+        ("dense teachers help at equal tasks", "smat", "smat-no-teachers", "ID", "better"),
+        ("… out of domain", "smat", "smat-no-teachers", "OOD", "better"),
+        ("the support/query split helps (Meta ✓ > Meta ×)", "smat", "smat-no-split", "ID", "better"),
+        ("… out of domain", "smat", "smat-no-split", "OOD", "better"),
+        ("meta-learned masks help (> fixed random masks)", "smat", "smat-fixed-masks", "ID", "better"),
+        ("… out of domain", "smat", "smat-fixed-masks", "OOD", "better"),
     ]  # fmt: skip
+    r = results
     rows = [claim_row(claim, r[ours], r[theirs], split, expected) for claim, ours, theirs, split, expected in claims]
-    rows += [
-        claim_row(f"τ trades ID for OOD: τ {taus[-1]} < τ {taus[0]} in-domain", sparse, dense, "ID", "worse"),
-        claim_row(f"… and τ {taus[-1]} > τ {taus[0]} out of domain", sparse, dense, "OOD", "better"),
-        claim_row("… with training-temperature eval gates, in-domain", matched[-1], matched[0], "ID", "worse"),
-        claim_row("… with training-temperature eval gates, out of domain", matched[-1], matched[0], "OOD", "better"),
-        claim_row("dense teachers help at equal tasks", r["SMAT"], no_teachers, "ID", "better"),
-        claim_row("… out of domain", r["SMAT"], no_teachers, "OOD", "better"),
-    ]
     return (
         "## Claims\n\nDifference in accuracy points (first model − second), paired over the same test episodes (the "
         "first ones of the FT rows when one is involved), "
@@ -537,47 +556,54 @@ def flatness_section(study: Study, results: Mapping[str, EvaluationResults]) -> 
 
 def ablation_section(study: Study, results: Mapping[str, EvaluationResults]) -> str:
     header = (
-        "| run | τ | experts | dense teachers | training gates: expected sparsity | eval gates: sparsity | "
-        "best validation = kept checkpoint (its tasks) | ID average | OOD average | meta-tuning minutes |"
+        "| run | differs from `smat` in | tasks | eval-gate sparsity (τ) | training-gate sparsity | "
+        "gates exactly 0/1 | τ_r | routing cosine, least / mean | ‖θ_δ‖ / ‖θ_pre‖ | best validation (kept at task) | "
+        "ID average | OOD average | meta-tuning minutes |"
     )
-    rows = [header, "|---" * 10 + "|"]
-    for sparsity, experts, teachers in study.smat_variants():
-        name = smat_name(sparsity, experts, teachers)
-        model = load_fewshot_model(str(study.meta_tuned(name)))
-        training, evaluation = gate_sparsity(model)
-        best = max(accuracy for _, accuracy in validation_curve(study, name))
-        kept = int(model.router_tasks_seen)
-        result = results[smat_cell(sparsity, experts, teachers)]
+    rows = [header, "|---" * 13 + "|"]
+    for run in [run for run in study.meta_runs() if run.method == "smat"]:
+        model, result = (
+            load_fewshot_model(str(study.meta_tuned(run.name))),
+            results[MAIN_CELLS.get(run.name, run.name)],
+        )
+        diagnostics = smat_diagnostics(model, {d.domain: np.asarray(d.expert_weights) for d in result.domains})
+        best = max(accuracy for _, accuracy in validation_curve(study, run.name))
+        tasks = study.args.long_meta_tasks if run.long else study.args.meta_tasks
         rows.append(
-            f"| {name} | {sparsity:g} | {experts} | {'yes' if teachers else 'no'} | {training:.3f} | {evaluation:.3f} "
-            f"| {best:.2f} ({kept}) | {result.id_average:.2f} ± {result.id_ci95:.2f} | {result.ood_average:.2f} ± "
-            f"{result.ood_ci95:.2f} | {study.timings[f'meta-tune {name}'] / 60:.1f} |"
+            f"| {run.name} | {run.differs} | {tasks} | {np.mean(diagnostics.eval_sparsity):.3f} "
+            f"({diagnostics.sparsity_target:g}) | {np.mean(diagnostics.train_sparsity):.3f} | "
+            f"{diagnostics.saturated_fraction:.1%} | {diagnostics.router_tau:.2f} | "
+            f"{diagnostics.min_domain_cosine:.3f} / {diagnostics.mean_domain_cosine:.3f} | "
+            f"{diagnostics.delta_norm_ratio:.2%} | {best:.2f} ({int(model.router_tasks_seen)}) | "
+            f"{result.id_average:.2f} ± {result.id_ci95:.2f} | {result.ood_average:.2f} ± {result.ood_ci95:.2f} | "
+            f"{study.timings[f'meta-tune {run.name}'] / 60:.1f} |"
         )
-    matched = ["| τ | eval sparsity, β_eval = 1 | eval sparsity, β_eval = β | ID (β_eval = 1) | ID (β_eval = β) | "
-               "OOD (β_eval = 1) | OOD (β_eval = β) |", "|---" * 7 + "|"]  # fmt: skip
-    for sparsity in study.args.sparsity_targets:
-        run = study.meta_tuned(smat_name(sparsity))
-        usual, training_gates = results[smat_cell(sparsity)], results[matched_gates_cell(sparsity)]
-        sparsities = (
-            gate_sparsity(load_fewshot_model(str(run)))[1],
-            gate_sparsity(with_training_temperature_gates(run))[1],
-        )
-        matched.append(
-            f"| {sparsity:g} | {sparsities[0]:.3f} | {sparsities[1]:.3f} | {usual.id_average:.2f} | "
-            f"{training_gates.id_average:.2f} | {usual.ood_average:.2f} | {training_gates.ood_average:.2f} |"
+    pmf = []
+    for run in [run for run in study.meta_runs() if run.method == "protonet"]:
+        result, tasks = results[MAIN_CELLS.get(run.name, run.name)], study.args.meta_tasks
+        pmf.append(
+            f"| {run.name} | {study.args.long_meta_tasks if run.long else tasks} | {result.id_average:.2f} ± "
+            f"{result.id_ci95:.2f} | {result.ood_average:.2f} ± {result.ood_ci95:.2f} | "
+            f"{study.timings[f'meta-tune {run.name}'] / 60:.1f} |"
         )
     return (
-        "## SMAT ablations: sparsity τ, number of experts, dense teachers\n\nEach run differs from the main SMAT "
-        f'(τ {MAIN_SPARSITY}, {MAIN_EXPERTS} experts, dense teachers) in one setting. "Without dense teachers" sets '
-        "`kd_weight=0`: neither the dense teacher nor the pre-trained one is computed.\n\n"
+        "## SMAT ablations and diagnostics\n\nThe SMAT runs, the main one "
+        f"({study.args.long_meta_tasks} tasks) first; each short-budget run ({study.args.meta_tasks} tasks) differs "
+        f"from `smat` (τ {MAIN_SPARSITY}, {MAIN_EXPERTS} experts, meta_tune.py's defaults) in one setting. "
+        "Without dense teachers: `kd_weight=0`, neither teacher is "
+        "computed. Meta ×: `support_query_split=False`, the inner step and the loss see the same images (all of "
+        "the episode's). Fixed masks: log α and λ get learning rate 0, so the experts' masks stay at their random "
+        "initialisation while θ_δ and the router train (the paper's SoftMerge-style row: experts not meta-learned). "
+        "The diagnostics (docs/smat.md) are those of `smat_diagnostics` on the run's test episodes: eval and "
+        "training gate sparsity averaged over experts, the share of eval gates exactly 0 or 1, the router "
+        "temperature the model evaluates at, and the cosine similarity of the domains' mean expert weights "
+        "(least similar pair / mean over pairs).\n\n"
         + "\n".join(rows)
+        + "\n\nP>M>F at both budgets:\n\n| run | tasks | ID average | OOD average | meta-tuning minutes |\n"
+        "|---|---|---|---|---|\n"
+        + "\n".join(pmf)
         + "\n\n![ID vs OOD over τ](sparsity_tradeoff.png) ![validation accuracy with and without dense teachers]"
-        "(dense_teachers.png)\n\n**Diagnostic: eval gates at the training temperature.** τ is enforced on the "
-        "training gates (β = 2/3, noisy); the eval gates use β_eval = 1, which opens every gate whose log α lies "
-        "between the two thresholds. Unless the gates are saturated, the eval masks are then denser than τ. The "
-        "same τ runs evaluated with β_eval = β (same episodes):\n\n"
-        + "\n".join(matched)
-        + "\n\n![ID vs OOD over τ, training-temperature gates](sparsity_tradeoff_training_gates.png)"
+        "(dense_teachers.png)"
     )
 
 

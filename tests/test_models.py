@@ -446,3 +446,22 @@ def test_cached_gate_code_follows_writes_that_bypass_the_version_counter(smat):
     fresh = copy.deepcopy(smat)
     fresh._gate_codes.clear()
     assert torch.allclose(stale_or_not, fresh(*episode()).logits, atol=1e-6)
+
+
+def test_without_the_support_query_split_every_image_is_support_and_query(smat):
+    """The "Meta ×" ablation trains on the task's images as if support and query were one set."""
+    smat.train()
+    with torch.no_grad():
+        smat.delta.normal_(0, 1e-2)
+    support, support_labels, query, query_labels = episode()
+    union, union_labels = torch.cat([support, query]), torch.cat([support_labels, query_labels])
+    torch.manual_seed(5)
+    split = smat(union, union_labels, union, union_labels).loss
+    smat.config.support_query_split = False
+    torch.manual_seed(5)
+    output = smat(support, support_labels, query, query_labels)
+    assert torch.allclose(output.loss, split)
+    assert output.logits.shape == (len(query), 5), "the logits are still those of the given queries"
+    smat.config.support_query_split = True
+    torch.manual_seed(5)
+    assert not torch.allclose(smat(support, support_labels, query, query_labels).loss, split)

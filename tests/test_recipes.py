@@ -160,3 +160,39 @@ def test_a_required_argument_can_come_from_the_yaml_file(tmp_path):
     config.write_text("records_root: /data/records\n")
     (args,) = parse_recipe_arguments((convert_metadataset.ConvertArguments,), {}, [str(config)])
     assert args.records_root == "/data/records"
+
+
+def saved_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return {name: tensor for file in sorted(folder.glob("*.safetensors")) for name, tensor in load_file(file).items()}
+
+
+def test_the_same_seed_gives_bit_identical_recipe_runs(tmp_path, pretrained_backbone, image_folder, tiny_smat_folder):
+    """Every recipe twice with one seed: every saved tensor is the same (issue 13, item 8)."""
+    runs = []
+    for attempt in ("a", "b"):
+        folder = tmp_path / attempt
+        torch.randn(1 if attempt == "a" else 7)  # whatever ran before in the process must not matter
+        saved = [pretrain.main(
+            ["--output_dir", str(folder / "pretrain"), "--max_steps", "2", "--per_device_train_batch_size", "8",
+             "--seed", "3", *QUICK]
+        )]  # fmt: skip
+        for method in ("smat", "protonet"):
+            meta_tune.main(
+                ["--method", method, "--backbone", str(pretrained_backbone), "--output_dir", str(folder / method),
+                 "--max_steps", "2", "--eval_strategy", "no", "--save_strategy", "no", "--load_best_model_at_end",
+                 "false", "--test_episodes", "0", "--max_ways", "5", "--seed", "3", *QUICK]
+            )  # fmt: skip
+            saved.append(folder / method / "model")
+        torch.randn(1 if attempt == "a" else 7)
+        adapted = adapt.main(
+            ["--images", str(image_folder), "--model", str(tiny_smat_folder), "--learning_rate", "1e-2",
+             "--steps", "2", "--output_dir", str(folder / "adapted"), "--seed", "3"]
+        )  # fmt: skip
+        saved += [adapted / "classifier", adapted / "adapter" / "lora"]
+        runs.append([saved_tensors(path) for path in saved])
+    for first, second in zip(*runs, strict=True):
+        assert first.keys() == second.keys() and first
+        differing = [name for name in first if not torch.equal(first[name], second[name])]
+        assert not differing, f"{len(differing)} of {len(first)} tensors differ, e.g. {differing[:3]}"

@@ -15,7 +15,6 @@ PLOTS = (
     "accuracy.png",
     "flatness.png",
     "sparsity_tradeoff.png",
-    "sparsity_tradeoff_training_gates.png",
     "expert_density.png",
     "expert_overlap.png",
     "routing_similarity.png",
@@ -26,7 +25,7 @@ PLOTS = (
 def minimal_argv(root: Path) -> list[str]:
     return [
         "--quick", "--output_dir", str(root / "runs"), "--report_dir", str(root / "report"),
-        "--pretrain_epochs", "0.01", "--domain_backbone_steps", "2", "--meta_tasks", "4",
+        "--pretrain_epochs", "0.01", "--domain_backbone_steps", "2", "--meta_tasks", "4", "--long_meta_tasks", "6",
         "--validation_episodes", "2", "--test_episodes", "4", "--finetune_episodes", "2", "--finetune_steps", "1",
         "--finetune_learning_rates", "1e-4", "1e-3", "--routing_episodes", "2",
         "--sparsity_targets", "0.5", "0.75", "--expert_counts", "2", "4",
@@ -37,11 +36,12 @@ def test_the_quick_preset_runs_every_stage_and_writes_the_report_and_plots(tmp_p
     report = reproduce_minimeta.main(minimal_argv(tmp_path))
     assert report == tmp_path / "report" / "README.md"
     text = report.read_text()
-    for heading in ("## Claims", "## Table 1", "## Flat backbones", "## SMAT ablations", "## SMAT's experts",
-                    "## Commands, seeds and wall times"):  # fmt: skip
+    for heading in ("## Claims", "## Table 1", "## Flat backbones", "## SMAT ablations and diagnostics",
+                    "## SMAT's experts", "## Commands, seeds and wall times"):  # fmt: skip
         assert heading in text
     for claim in ("SMAT ≥ P>M>F in-domain", "SAM backbone > ERM backbone on unseen domains",
-                  "fine-tuning adds out of domain", "τ trades ID for OOD", "dense teachers"):  # fmt: skip
+                  "fine-tuning adds out of domain", "τ trades ID for OOD", "dense teachers", "Meta ✓ > Meta ×",
+                  "meta-learned masks help", "SMAT > P>M>F out of domain, 4 tasks"):  # fmt: skip
         row = next(line for line in text.splitlines() if claim in line)
         assert "reproduced**" in row, f"every claim gets a verdict: {row}"
     for plot in PLOTS:
@@ -50,7 +50,8 @@ def test_the_quick_preset_runs_every_stage_and_writes_the_report_and_plots(tmp_p
             assert image.format == "PNG"
     assert "python recipes/pretrain.py --num_train_epochs 0.01 --sam_rho 0 " in text
     assert "python recipes/meta_tune.py --method protonet" in text and '\'{"num_experts": 2,' in text
-    for model in ("ERM backbone", "selection (SAM pool) + full FT", "SMAT + lora FT", "smat-tau0.75-m4"):
+    for model in ("ERM backbone", "selection (SAM pool) + full FT", "SMAT + lora FT", "smat-tau0.75", "smat-m2",
+                  "smat-no-split", "smat-fixed-masks", "smat-paper-gates", "pmf-long"):  # fmt: skip
         assert f"| {model} |" in text
     results = tmp_path / "runs" / "results"
     smat = json.loads((results / "SMAT.json").read_text())["results"]["domains"]

@@ -51,6 +51,9 @@ class SmatConfig(FewShotConfig):
         which the recipes do unless the decay is given (docs/smat.md).
     router_logit_penalty (`float`, 1e-4): weight of mean(ℓ²) on the router logits.
     router_top_k (`int`, *optional*): keep only the k highest-scoring experts (default: all, as the paper).
+    support_query_split (`bool`, True): meta-train on held-out queries, as the paper. False is the ablation without
+        the split ("Meta ×"): every labelled image of a training task is support and query alike, so the inner step
+        and the loss see the same images (docs/smat.md).
     """
 
     model_type = "fewshot_smat"
@@ -80,6 +83,7 @@ class SmatConfig(FewShotConfig):
     router_tau_decay_tasks: float = 4000.0
     router_logit_penalty: float = 1e-4
     router_top_k: int | None = None
+    support_query_split: bool = True
 
     def __post_init__(self, **kwargs):
         if self.masked_parameter_patterns is None:

@@ -513,6 +513,10 @@ class SmatModel(FewShotPreTrainedModel):
 
     def _meta_train_task(self, support_pixel_values, support_labels, query_pixel_values, query_labels, n_way):
         config, scale = self.config, self.config.logit_scale
+        given_queries = slice(-len(query_pixel_values), None)  # the logits returned: those of the given queries
+        if not config.support_query_split and query_labels is not None:  # the "Meta ×" ablation: no held-out query
+            support_pixel_values = query_pixel_values = torch.cat([support_pixel_values, query_pixel_values])
+            support_labels = query_labels = torch.cat([support_labels, query_labels])
         self.clamp_gate_logits()
         n_support = len(support_labels)
         with torch.no_grad():  # θ_pre features serve the router and the pre-trained teacher
@@ -568,7 +572,7 @@ class SmatModel(FewShotPreTrainedModel):
         )
         return SmatOutput(
             loss=loss,
-            logits=logits,
+            logits=logits[given_queries],
             classification_loss=classification_loss.detach(),
             distillation_loss=distillation_loss.detach(),
             sparsity_loss=sparsity_loss.detach(),

@@ -9,7 +9,13 @@ from collections.abc import Mapping
 import datasets
 import numpy as np
 import torch
-from transformers import AutoModelForImageClassification, PreTrainedConfig, PreTrainedModel, TrainerCallback
+from transformers import (
+    AutoModelForImageClassification,
+    PreTrainedConfig,
+    PreTrainedModel,
+    TrainerCallback,
+    set_seed,
+)
 
 from hf_fewshot.data.episodes import decode_image
 from hf_fewshot.data.metadataset import column_as_numpy
@@ -76,6 +82,7 @@ def pretrain_backbone(
     dataset = LabelledImages(splits, TrainTransform(args.image_size, scale=(args.crop_scale_min, 1.0)))
     labels = {"num_labels": dataset.num_labels, "id2label": dataset.id2label}
     labels["label2id"] = {name: index for index, name in dataset.id2label.items()}
+    set_seed(args.seed)  # the new classifier head (and a random backbone) are drawn before the Trainer seeds
     if isinstance(backbone, PreTrainedConfig):
         config = backbone.__class__.from_dict({**backbone.to_dict(), **labels})
         model = AutoModelForImageClassification.from_config(config)
