@@ -11,6 +11,7 @@ adapter was trained on, with the PEFT adapter in `adapter/lora`).
 """
 
 import copy
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -115,6 +116,10 @@ def main(argv: list[str] | None = None) -> Path:
     (args,) = parse_recipe_arguments((AdaptArguments,), {}, argv)
     if args.mode not in ("lora", "full"):
         raise ValueError(f"mode must be 'lora' or 'full', got {args.mode!r}.")
+    if args.learning_rate is not None and not (math.isfinite(args.learning_rate) and args.learning_rate >= 0):
+        raise ValueError(f"learning_rate must be a finite number ≥ 0, got {args.learning_rate}.")
+    if args.steps < 0:
+        raise ValueError(f"steps must be ≥ 0, got {args.steps}.")
     return run(args)
 
 

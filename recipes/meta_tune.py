@@ -70,6 +70,8 @@ class MetaTuneArguments:
             raise ValueError(f"method must be one of {sorted(METHODS)}, got {self.method!r}.")
         if isinstance(self.model_config, str):
             self.model_config = json.loads(self.model_config)
+        if self.test_episodes < 0:
+            raise ValueError(f"test_episodes must be ≥ 0 (0 skips the final evaluation), got {self.test_episodes}.")
 
 
 DEFAULTS = dict(

@@ -291,6 +291,18 @@ def test_sampler_reads_superclasses_from_the_dataset():
         ({"labels": np.repeat(np.arange(6), 10), "superclasses": np.arange(60) % 2}, "different superclasses"),
         ({"labels": np.repeat(np.arange(6), 10), "hierarchy": {"a": [0, 1], "b": [2, 3]}}, "No internal node"),
         ({"labels": np.repeat(np.arange(6), 10), "hierarchy": {"a": ["b", 0], "b": ["a", 1]}}, "cycle"),
+        ({"labels": np.repeat(np.arange(6), 10), "n_way": 5}, "apply to the 'fixed' protocol only"),
+        ({"labels": np.repeat(np.arange(6), 10), "max_ways": 6, "max_support": 5}, "every class of an episode"),
+        ({"labels": np.repeat(np.arange(6), 10), "max_query": 0}, "positive integer max_query"),
+        (
+            {"labels": np.repeat(np.arange(6), 10), "protocol": "fixed", "n_way": True, "n_shot": 1, "n_query": 1},
+            "positive integer n_way",
+        ),
+        (
+            {"labels": np.repeat(np.arange(6), 10), "protocol": "fixed", "n_way": 5.0, "n_shot": 1, "n_query": 1},
+            "positive integer n_way",
+        ),
+        ({"labels": np.repeat(np.arange(6), 10), "seed": 0.5}, "seed must be an integer"),
     ],
 )
 def test_bad_inputs_raise_clear_errors(kwargs, message):
@@ -310,3 +322,8 @@ def test_length_and_iteration():
     assert [next(iterator).index for _ in range(4)] == [0, 1, 2, 3]
     with pytest.raises(ValueError, match="finite"):
         episode_loader(endless, EpisodeCollator(make_split([4] * 6), EvalTransform(8)))
+
+
+def test_numpy_integers_are_valid_episode_sizes():
+    sampler = EpisodeSampler(np.repeat(np.arange(6), 10), protocol="fixed", n_way=np.int64(5), n_shot=2, n_query=1)
+    assert sampler.episode(0).n_way == 5

@@ -146,7 +146,7 @@ def test_validation_reports_every_domain_on_fixed_episodes(tmp_path, glyphs):
     emoji = load_domain("minimeta", "emoji", "validation")
     trainer = EpisodicTrainer(
         tiny_smat(),
-        training_arguments(tmp_path, episode_protocol="md", max_ways=5),
+        training_arguments(tmp_path, episode_protocol="md", max_ways=5, n_way=None, n_shot=None, n_query=None),
         eval_dataset={"glyphs": glyphs["validation"], "emoji": emoji},
     )
     first, second = trainer.evaluate(), trainer.evaluate()

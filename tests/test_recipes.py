@@ -153,6 +153,37 @@ def test_evaluate_puts_a_backbone_and_a_fewshot_model_in_one_table(tmp_path, pre
     assert json.loads((tmp_path / "table.json").read_text())[str(pretrained_backbone)]["digits_accuracy"] >= 0
 
 
+@pytest.mark.parametrize(
+    "line, message",
+    [
+        ("sam_rho: true", "sam_rho: True is not a valid float"),
+        ("max_steps: 1.5", "max_steps: 1.5 is not a valid int"),
+        ("seed: 0.7", "seed: 0.7 is not a valid int"),
+        ("test_episodes: -3", "test_episodes must be ≥ 0"),
+        ("lr_scheduler_type: cosin", "lr_scheduler_type must be one of"),
+        ("learning_rate: .nan", "learning_rate must be a finite number"),
+        ("n_way: 5", "apply to the 'fixed' episode protocol only"),
+    ],
+)
+def test_yaml_values_are_checked_like_command_line_flags(tmp_path, line, message):
+    config = tmp_path / "config.yaml"
+    config.write_text(line + "\n")
+    with pytest.raises(ValueError, match=message):
+        parse_recipe_arguments(
+            (meta_tune.MetaTuneArguments, FewShotTrainingArguments), meta_tune.DEFAULTS, [str(config)]
+        )
+    config.write_text("sam_rho: 0.1\nmax_steps: 7\ntrain_domains: glyphs\nbf16: false\n")
+    args, training = parse_recipe_arguments(
+        (meta_tune.MetaTuneArguments, FewShotTrainingArguments), meta_tune.DEFAULTS, [str(config), "--max_steps", "9"]
+    )
+    assert (training.sam_rho, training.max_steps, args.train_domains, training.bf16) == (0.1, 9, ["glyphs"], False)
+
+
+def test_adapt_refuses_a_learning_rate_that_is_not_a_number(tiny_smat_folder, image_folder):
+    with pytest.raises(ValueError, match="learning_rate must be a finite number"):
+        adapt.main(["--images", str(image_folder), "--model", str(tiny_smat_folder), "--learning_rate", "nan"])
+
+
 def test_a_required_argument_can_come_from_the_yaml_file(tmp_path):
     import convert_metadataset
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import numbers
 import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
@@ -119,8 +120,8 @@ class EpisodeSampler(_EpisodeSequence):
             raise ValueError(f"labels must be a non-empty 1-D array, got shape {labels.shape}.")
         if not np.issubdtype(labels.dtype, np.integer):
             raise ValueError(f"labels must be integer class ids, got dtype {labels.dtype}.")
-        if seed < 0:
-            raise ValueError(f"seed must be ≥ 0, got {seed}.")
+        if isinstance(seed, bool) or not isinstance(seed, numbers.Integral) or seed < 0:
+            raise ValueError(f"seed must be an integer ≥ 0, got {seed!r}.")
         self.protocol = protocol
         self.n_way, self.n_shot, self.n_query = n_way, n_shot, n_query
         self.seed, self.epoch, self.num_episodes = seed, 0, num_episodes
@@ -164,16 +165,28 @@ class EpisodeSampler(_EpisodeSequence):
 
     # ----------------------------------------------------------------------------------- validation
     def _check_class_sizes(self) -> None:
+        sizes = ("n_way", "n_shot", "n_query")
         if self.protocol == "fixed":
-            for name in ("n_way", "n_shot", "n_query"):
-                value = getattr(self, name)
-                if not isinstance(value, int) or value < 1:
-                    raise ValueError(f"The 'fixed' protocol needs a positive integer {name}, got {value!r}.")
+            for name in sizes:
+                setattr(self, name, _positive_int(name, getattr(self, name), "The 'fixed' protocol needs"))
             fewest_ways, needed = self.n_way, self.n_shot + self.n_query
             rule = f"{self.n_shot} shots + {self.n_query} queries"
         else:
-            if not 1 <= self.min_ways <= self.max_ways:
+            given = [name for name in sizes if getattr(self, name) is not None]
+            if given:  # else silently ignored: these protocols draw each episode's sizes
+                raise ValueError(
+                    f"{', '.join(given)} apply to the 'fixed' protocol only; {self.protocol!r} draws each episode's "
+                    "ways and shots (bound them with max_ways / max_support)."
+                )
+            for name in ("min_ways", "max_ways", "max_support", "max_support_per_class", "max_query"):
+                setattr(self, name, _positive_int(name, getattr(self, name), "Episodes need"))
+            if not self.min_ways <= self.max_ways:
                 raise ValueError(f"Need 1 ≤ min_ways ≤ max_ways, got {self.min_ways} and {self.max_ways}.")
+            if self.protocol == "md" and self.max_support < self.max_ways:
+                raise ValueError(
+                    f"max_support ({self.max_support}) must be at least max_ways ({self.max_ways}): every class of "
+                    "an episode needs a support image."
+                )
             fewest_ways = self.min_ways
             needed, rule = (6, "5 shots + ≥ 1 query") if self.protocol == "md_5shot" else (2, "≥ 1 shot + ≥ 1 query")
         if len(self.classes) < fewest_ways:
@@ -468,3 +481,10 @@ def episode_loader(
     return torch.utils.data.DataLoader(
         sampler, batch_size=None, shuffle=False, collate_fn=collator, num_workers=num_workers, **kwargs
     )
+
+
+def _positive_int(name: str, value, needs: str) -> int:
+    """`value` as a Python int ≥ 1 (NumPy integers welcome; booleans and floats refused)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{needs} a positive integer {name}, got {value!r}.")
+    return int(value)

@@ -1,10 +1,24 @@
 """`FewShotTrainingArguments`: `transformers.TrainingArguments` plus SAM, episodes and SMAT's optimiser groups."""
 
+import math
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
 from hf_fewshot.data.episodes import PROTOCOLS
+
+_NON_NEGATIVE = (
+    "learning_rate",
+    "weight_decay",
+    "sam_rho",
+    "momentum",
+    "gate_learning_rate",
+    "gate_max_grad_norm",
+    "multiplier_learning_rate",
+    "router_learning_rate",
+    "router_weight_decay",
+    "router_max_grad_norm",
+)
 
 
 @dataclass
@@ -72,15 +86,24 @@ class FewShotTrainingArguments(TrainingArguments):
             self.max_grad_norm = 1.0
         if not self.max_grad_norm >= 0:
             raise ValueError(f"max_grad_norm must be ≥ 0 (0 = no whole-model clip), got {self.max_grad_norm}.")
-        if self.sam_rho < 0:
-            raise ValueError(f"sam_rho must be ≥ 0, got {self.sam_rho}.")
+        for name in _NON_NEGATIVE:  # NaN passes `< 0`: test finiteness as well
+            value = getattr(self, name)
+            if not (math.isfinite(value) and value >= 0):
+                raise ValueError(f"{name} must be a finite number ≥ 0, got {value}.")
         if self.sam_interval < 1:
             raise ValueError(f"sam_interval must be ≥ 1, got {self.sam_interval}.")
         if self.episode_protocol not in PROTOCOLS:
             raise ValueError(f"episode_protocol must be one of {PROTOCOLS}, got {self.episode_protocol!r}.")
-        if self.episode_protocol == "fixed" and None in (self.n_way, self.n_shot, self.n_query):
+        sizes = {name: getattr(self, name) for name in ("n_way", "n_shot", "n_query")}
+        if self.episode_protocol == "fixed" and None in sizes.values():
             raise ValueError("The 'fixed' episode protocol needs n_way, n_shot and n_query.")
-        for name in ("train_episodes_per_epoch", "eval_episodes", "image_size"):
+        given = [name for name, value in sizes.items() if value is not None]
+        if self.episode_protocol != "fixed" and given:  # else silently ignored: 'md' draws its own sizes
+            raise ValueError(
+                f"{', '.join(given)} apply to the 'fixed' episode protocol only; {self.episode_protocol!r} draws "
+                "each episode's ways and shots (bound them with max_ways / max_support)."
+            )
+        for name in ("train_episodes_per_epoch", "eval_episodes", "image_size", "max_ways", "max_support"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
         if not 0 < self.crop_scale_min <= 1:
