@@ -152,6 +152,12 @@ def finetune_on_support(
     backbone.requires_grad_(False)
     with torch.no_grad(), eval_mode(backbone):
         prototypes = class_prototypes(backbone_features(backbone, support_pixel_values), support_labels, n_way)
+    weights_finite = all(torch.isfinite(p).all() for p in parameters)
+    if not (weights_finite and torch.isfinite(prototypes).all()):  # the last step can diverge after a finite loss
+        raise FloatingPointError(
+            f"Fine-tuning diverged (non-finite {'prototypes' if weights_finite else 'weights'} after {steps} steps) "
+            f"at learning rate {learning_rate}; try a smaller one."
+        )
     return FewShotTask(backbone.eval(), prototypes, scale, bias, support_pixel_values.shape[-2:])
 
 

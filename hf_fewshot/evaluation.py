@@ -212,6 +212,11 @@ def episode_metrics(
             expert_weights = tuple(outputs.expert_weights.tolist())
     else:
         logits = finetune_on_support(model, support, support_labels, **finetune)(inputs["query_pixel_values"])
+    if not torch.isfinite(logits).all():  # argmax of NaN is class 0: a diverged model would score chance, silently
+        raise FloatingPointError(
+            "The model gave non-finite logits on an episode: its weights or the images hold NaN/inf (a diverged "
+            "training run?). Evaluation refuses to score them."
+        )
     labels = inputs["query_labels"]
     accuracy = 100.0 * (logits.argmax(-1) == labels).float().mean().item()
     return EpisodeMetrics(accuracy, F.cross_entropy(logits, labels).item(), expert_weights)

@@ -9,11 +9,12 @@ With the default `--backbone` and no backbone there yet, recipes/pretrain.py run
 The meta-tuned model is saved to `{output_dir}/model` (the best validation checkpoint when
 `load_best_model_at_end`); the results table goes to stdout and `{output_dir}/results.md` / `results.json`,
 the training log to `{output_dir}/log_history.json`.
-A rerun resumes from the last complete checkpoint in `output_dir`.
+A rerun resumes from the last complete checkpoint in `output_dir`; a rerun of a finished run trains nothing (and
+evaluates only if its results are missing or the test settings changed).
 """
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import pretrain
@@ -32,8 +33,9 @@ from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
 from hf_fewshot.diagnostics import SmatDiagnostics, smat_diagnostics
 from hf_fewshot.evaluation import results_table
 from hf_fewshot.hub import fewshot_model_card, push_model_folder
+from hf_fewshot.models import from_pretrained_strictly
 from hf_fewshot.models.configuration_smat import router_tau_decay_for
-from hf_fewshot.training.checkpoints import last_complete_checkpoint, save_pretrained_atomically
+from hf_fewshot.training.checkpoints import last_complete_checkpoint, run_is_finished, save_pretrained_atomically
 from hf_fewshot.training.cli import parse_recipe_arguments
 from hf_fewshot.viz import plot_domain_accuracy, plot_expert_density, plot_expert_overlap
 
@@ -128,24 +130,23 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
                 f"({tasks} tasks): τ_r reaches its minimum after 36% of them, as in the paper."
             )
     args.model_config = model_config
-    set_seed(training_args.seed)  # gate logits, router keys and skill tokens are drawn here, before the Trainer seeds
-    model = METHODS[args.method].from_backbone(args.backbone, **model_config)
-    splits = {
-        split: {d: load_domain(args.data_source, d, split) for d in args.train_domains}
-        for split in ("train", "validation")
-    }
-    trainer = EpisodicTrainer(model, training_args, train_dataset=splits["train"], eval_dataset=splits["validation"])
-    if trainer.is_world_process_zero():
-        print(f"Meta-tuning {args.method} from {args.backbone}, processes: {training_args.world_size}")
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir))
-    output_dir = Path(training_args.output_dir)
-    if training_args.should_save:
-        save_pretrained_atomically(trainer.model, output_dir / "model")
-    if not PartialState().is_main_process:
+    output_dir, is_main = Path(training_args.output_dir), PartialState().is_main_process
+    settings = {**recipe_settings(args), **training_args.run_settings()}
+    if run_is_finished(output_dir / "model", settings):  # a rerun of a finished run changes nothing
+        print(f"{output_dir / 'model'} holds this run's finished model: reused, not trained again.")
+        model = from_pretrained_strictly(METHODS[args.method], str(output_dir / "model")).to(training_args.device)
+    else:
+        model = train(args, training_args)
+    if not is_main:
         return ""
-    (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    evaluation = {"test_domains": args.test_domains, "test_episodes": args.test_episodes}
+    previous = json.loads((output_dir / "results.json").read_text()) if (output_dir / "results.json").is_file() else {}
+    if previous.get("evaluation_settings") == evaluation and (output_dir / "results.md").is_file():
+        table = (output_dir / "results.md").read_text().strip()
+        print(f"\nTest accuracy (%), as evaluated by the finished run:\n\n{table}\n")
+        return table
     if args.test_episodes == 0:  # evaluated elsewhere (e.g. by reproduce_minimeta.py on its own episodes)
-        write_card(trainer.model, args, training_args, {})
+        write_card(model, args, training_args, {})
         return ""
 
     test = {domain: load_domain(args.data_source, domain, "test") for domain in args.test_domains}
@@ -159,7 +160,7 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
         "backbone (no meta-tuning)": evaluate_episodes(
             ProtoNetModel.from_backbone(args.backbone).to(training_args.device), test, args.test_episodes, **settings
         ),
-        args.method: evaluate_episodes(trainer.model, test, args.test_episodes, **settings),
+        args.method: evaluate_episodes(model, test, args.test_episodes, **settings),
     }
     table = results_table(results)
     print(f"\nTest accuracy (%), {args.test_episodes} episodes per domain, mean ± 95% CI:\n\n{table}\n")
@@ -167,15 +168,46 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     diagnostics = None
     if args.method == "smat":
         routing = {domain.domain: domain.expert_weights for domain in results[args.method].domains}
-        diagnostics = smat_diagnostics(trainer.model, routing)
+        diagnostics = smat_diagnostics(model, routing)
         summary["smat_diagnostics"] = diagnostics.to_dict(prefix="")
         print(f"SMAT's mechanism on the test episodes:\n\n{diagnostics.to_markdown()}\n")
+    write_card(model, args, training_args, results, diagnostics)
     (output_dir / "results.md").write_text(table + "\n")
-    (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")
-    write_card(trainer.model, args, training_args, results, diagnostics)
+    summary["evaluation_settings"] = evaluation
+    (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")  # last: marks the run evaluated
     if args.hub_repo_id:
         print(f"Pushed: {push_model_folder(output_dir / 'model', args.hub_repo_id)}")
     return table
+
+
+def train(args: MetaTuneArguments, training_args: FewShotTrainingArguments):
+    """Meta-tune (resuming from the last complete checkpoint), save `{output_dir}/model` and the training log."""
+    set_seed(training_args.seed)  # gate logits, router keys and skill tokens are drawn here, before the Trainer seeds
+    model = METHODS[args.method].from_backbone(args.backbone, **args.model_config)
+    splits = {
+        split: {d: load_domain(args.data_source, d, split) for d in args.train_domains}
+        for split in ("train", "validation")
+    }
+    trainer = EpisodicTrainer(model, training_args, train_dataset=splits["train"], eval_dataset=splits["validation"])
+    if trainer.is_world_process_zero():
+        print(f"Meta-tuning {args.method} from {args.backbone}, processes: {training_args.world_size}")
+    trainer.train(resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir))
+    output_dir = Path(training_args.output_dir)
+    if trainer.is_world_process_zero():
+        (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
+    if training_args.should_save:
+        save_pretrained_atomically(trainer.model, output_dir / "model")
+    PartialState().wait_for_everyone()
+    return trainer.model
+
+
+def recipe_settings(args: MetaTuneArguments) -> dict:
+    """What of the recipe's arguments decides the trained model (the test domains and episodes do not)."""
+    return {
+        name: value
+        for name, value in asdict(args).items()
+        if name not in ("test_domains", "test_episodes", "hub_repo_id")
+    }
 
 
 def meta_training_tasks(training_args: FewShotTrainingArguments) -> int:

@@ -6,10 +6,11 @@
     accelerate launch --config_file accelerate_config.yaml recipes/pretrain.py [config.yaml] [--flag value ...]
 
 The backbone (e.g. a `ViTModel`) is saved to `{output_dir}/backbone`, ready for `--backbone` of meta_tune.py or
-`SmatModel.from_backbone`. A rerun resumes from the last complete checkpoint in `output_dir`.
+`SmatModel.from_backbone`. A rerun resumes from the last complete checkpoint in `output_dir`; a rerun of a finished
+run trains nothing.
 """
 
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from accelerate import PartialState
@@ -17,7 +18,7 @@ from transformers import ViTConfig
 
 from hf_fewshot import FewShotTrainingArguments, load_domain
 from hf_fewshot.data.minimeta import TRAIN_DOMAINS
-from hf_fewshot.training.checkpoints import last_complete_checkpoint, save_pretrained_atomically
+from hf_fewshot.training.checkpoints import last_complete_checkpoint, run_is_finished, save_pretrained_atomically
 from hf_fewshot.training.cli import parse_recipe_arguments
 from hf_fewshot.training.pretraining import pretrain_backbone
 
@@ -65,13 +66,16 @@ DEFAULTS = dict(
 
 
 def run(args: PretrainArguments, training_args: FewShotTrainingArguments) -> Path:
-    """Train, save `{output_dir}/backbone` (rank 0), and return its path."""
+    """Train, save `{output_dir}/backbone` (rank 0), and return its path. A rerun of a finished run reuses it."""
+    destination = Path(training_args.output_dir) / "backbone"
+    if run_is_finished(destination, {**asdict(args), **training_args.run_settings()}):
+        print(f"{destination} holds this run's finished backbone: reused, not trained again.")
+        return destination
     splits = {domain: load_domain(args.data_source, domain, "train") for domain in args.domains}
     backbone = ViTConfig(**TINY_VIT_CONFIG) if args.backbone == TINY_VIT else args.backbone
     model = pretrain_backbone(
         backbone, splits, training_args, resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir)
     )
-    destination = Path(training_args.output_dir) / "backbone"
     if training_args.should_save:
         save_pretrained_atomically(model, destination)
         print(f"Backbone saved to {destination}")

@@ -134,6 +134,8 @@ def test_bad_arguments_are_explained(episode):
         finetune_on_support(torch.nn.Linear(2, 2), support, labels, learning_rate=1e-3)
     with pytest.raises(FloatingPointError, match="diverged"):
         finetune_on_support(tiny(), support, labels, learning_rate=1e12, steps=5)
+    with pytest.raises(FloatingPointError, match=r"non-finite (weights|prototypes) after 1 steps"):  # the last step
+        finetune_on_support(tiny(), support, labels, learning_rate=1e30, steps=1)
 
 
 def test_leave_one_out_holds_each_image_out_of_its_own_centroid():

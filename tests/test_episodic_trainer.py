@@ -383,3 +383,70 @@ def test_router_counter_sums_the_tasks_of_two_gloo_processes_with_sam(tmp_path):
     from accelerate import debug_launcher
 
     debug_launcher(lambda: _two_rank_sam_counter(str(tmp_path)), num_processes=2)
+
+
+# ------------------------------------------------------------------------------- nothing silent (issue 13)
+def finite_checkpoints(output_dir: Path) -> list[str]:
+    from safetensors.torch import load_file
+
+    names = []
+    for checkpoint in sorted(output_dir.glob("checkpoint-*")):
+        for file in checkpoint.glob("*.safetensors"):
+            assert all(torch.isfinite(t).all() for t in load_file(file).values() if t.is_floating_point()), file
+        names.append(checkpoint.name)
+    return names
+
+
+@pytest.mark.parametrize("sam_rho", [0.0, 0.05])
+def test_a_diverging_run_stops_with_a_message_and_writes_no_nan_weights(tmp_path, glyphs, sam_rho):
+    torch.manual_seed(0)
+    model = ProtoNetModel.from_backbone(tiny_vit_config())
+    args = training_arguments(
+        tmp_path, learning_rate=1e12, max_steps=6, sam_rho=sam_rho, save_strategy="steps", save_steps=1
+    )
+    with pytest.raises(FloatingPointError, match=r"(Non-finite training loss .* at step \d|Not saving).*smaller"):
+        EpisodicTrainer(model, args, train_dataset={"glyphs": glyphs["train"]}).train()
+    finite_checkpoints(tmp_path)  # whatever was written before the divergence is finite
+    with pytest.raises(FloatingPointError, match="non-finite logits"):
+        evaluate_episodes(model, {"glyphs": glyphs["validation"]}, 2, protocol="fixed", n_way=5, n_shot=1,
+                          n_query=1, image_size=16, progress=False)  # fmt: skip
+
+
+def test_resuming_from_a_checkpoint_without_a_tensor_is_an_error(tmp_path, glyphs):
+    from safetensors.torch import load_file, save_file
+
+    args = training_arguments(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    EpisodicTrainer(tiny_smat(), args, train_dataset={"glyphs": glyphs["train"]}).train()
+    checkpoint = Path(last_complete_checkpoint(tmp_path)).with_name("checkpoint-1")
+    weights = next(checkpoint.glob("*.safetensors"))
+    tensors = load_file(weights)
+    del tensors["delta"]
+    save_file(tensors, weights, metadata={"format": "pt"})
+    resumed = EpisodicTrainer(tiny_smat(), args, train_dataset={"glyphs": glyphs["train"]})
+    with pytest.raises(ValueError, match="missing keys: delta"):
+        resumed.train(resume_from_checkpoint=str(checkpoint))
+
+
+def test_a_half_written_checkpoint_is_skipped_with_a_warning(tmp_path, glyphs):
+    args = training_arguments(tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
+    EpisodicTrainer(tiny_smat(), args, train_dataset={"glyphs": glyphs["train"]}).train()
+    (tmp_path / "checkpoint-3" / "trainer_state.json").write_text("")  # a full disk cut the last write short
+    weights = next((tmp_path / "checkpoint-2").glob("*.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])
+    with pytest.warns(UserWarning, match="checkpoint-3.*trainer_state.json does not parse"):
+        assert last_complete_checkpoint(tmp_path).endswith("checkpoint-1")
+
+
+def test_resuming_from_the_final_checkpoint_trains_nothing(tmp_path, glyphs):
+    args = training_arguments(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
+    model = tiny_smat()
+    EpisodicTrainer(model, args, train_dataset={"glyphs": glyphs["train"]}).train()
+    rerun = EpisodicTrainer(tiny_smat(), args, train_dataset={"glyphs": glyphs["train"]})
+    output = rerun.train(resume_from_checkpoint=True)
+    assert output.global_step == 2 and sorted(p.name for p in tmp_path.glob("checkpoint-*")) == [
+        "checkpoint-1", "checkpoint-2"]  # fmt: skip
+    for (name, expected), actual in zip(model.state_dict().items(), rerun.model.state_dict().values(), strict=True):
+        assert torch.equal(expected, actual), name
+    longer = training_arguments(tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
+    assert EpisodicTrainer(tiny_smat(), longer, train_dataset={"glyphs": glyphs["train"]}).train(
+        resume_from_checkpoint=True).global_step == 3, "a longer run goes on from the checkpoint"  # fmt: skip

@@ -227,3 +227,48 @@ def test_the_same_seed_gives_bit_identical_recipe_runs(tmp_path, pretrained_back
         assert first.keys() == second.keys() and first
         differing = [name for name in first if not torch.equal(first[name], second[name])]
         assert not differing, f"{len(differing)} of {len(first)} tensors differ, e.g. {differing[:3]}"
+
+
+def folder_snapshot(folder: Path) -> dict[str, int]:
+    return {str(p.relative_to(folder)): p.stat().st_mtime_ns for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_rerunning_a_finished_run_changes_nothing_and_redoes_only_a_missing_final_save(tmp_path, pretrained_backbone):
+    argv = [
+        "--backbone", str(pretrained_backbone), "--output_dir", str(tmp_path), "--max_steps", "2", "--eval_steps",
+        "1", "--save_steps", "1", "--eval_episodes", "2", "--test_episodes", "2", "--test_domains", "glyphs",
+        "--max_ways", "5", *QUICK,
+    ]  # fmt: skip
+    table = meta_tune.main(argv)
+    finished = folder_snapshot(tmp_path)
+    assert meta_tune.main(argv) == table
+    assert folder_snapshot(tmp_path) == finished, "no step trained, no checkpoint rotated, nothing rewritten"
+
+    # Killed during the final save: the checkpoints are complete, the model folder is not there yet.
+    shutil.rmtree(tmp_path / "model")
+    (tmp_path / "results.json").unlink()
+    (tmp_path / ".model-interrupted").mkdir()
+    checkpoints = sorted(p.name for p in tmp_path.glob("checkpoint-*"))
+    meta_tune.main(argv)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == checkpoints
+    assert not (tmp_path / ".model-interrupted").exists(), "the staging folder of the interrupted save is gone"
+    reloaded, original = saved_tensors(tmp_path / "model"), saved_tensors(Path(checkpoint_of_best(tmp_path)))
+    assert all(torch.equal(reloaded[name], original[name]) for name in original)
+
+    with pytest.raises(ValueError, match=r"finished run with other settings \(learning_rate\)"):
+        meta_tune.main([*argv, "--learning_rate", "0.5"])
+
+
+def checkpoint_of_best(output_dir: Path) -> str:
+    state = json.loads((Path(sorted(output_dir.glob("checkpoint-*"))[-1]) / "trainer_state.json").read_text())
+    return state["best_model_checkpoint"]
+
+
+def test_rerunning_a_finished_pretraining_reuses_its_backbone(tmp_path):
+    argv = ["--output_dir", str(tmp_path), "--max_steps", "2", "--per_device_train_batch_size", "8", *QUICK]
+    backbone = pretrain.main(argv)
+    finished = folder_snapshot(tmp_path)
+    assert pretrain.main(argv) == backbone and folder_snapshot(tmp_path) == finished
+    shutil.rmtree(backbone)  # killed during the final save
+    pretrain.main(argv)
+    assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"] and backbone.is_dir()

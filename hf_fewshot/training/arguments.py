@@ -1,5 +1,6 @@
 """`FewShotTrainingArguments`: `transformers.TrainingArguments` plus SAM, episodes and SMAT's optimiser groups."""
 
+import enum
 import math
 from dataclasses import dataclass, field
 
@@ -7,6 +8,19 @@ from transformers import TrainingArguments
 
 from hf_fewshot.data.episodes import PROTOCOLS
 
+_RUN_DEFINING = (  # TrainingArguments fields that change the trained weights
+    "learning_rate",
+    "weight_decay",
+    "max_steps",
+    "num_train_epochs",
+    "per_device_train_batch_size",
+    "gradient_accumulation_steps",
+    "lr_scheduler_type",
+    "warmup_steps",
+    "seed",
+    "bf16",
+    "fp16",
+)
 _NON_NEGATIVE = (
     "learning_rate",
     "weight_decay",
@@ -78,6 +92,12 @@ class FewShotTrainingArguments(TrainingArguments):
             seed=self.seed,
         )
 
+    def run_settings(self) -> dict:
+        """The settings that decide what a training run produces (not where it logs or saves): a finished run is
+        only reused by a rerun with the same ones."""
+        names = [*FewShotTrainingArguments.__annotations__, *_RUN_DEFINING]
+        return {name: _plain(getattr(self, name)) for name in names}
+
     def __post_init__(self):
         super().__post_init__()
         # Not given: 1.0 here, so that a stock Trainer behaves as always; EpisodicTrainer turns it off for SMAT.
@@ -108,3 +128,8 @@ class FewShotTrainingArguments(TrainingArguments):
                 raise ValueError(f"{name} must be ≥ 1, got {getattr(self, name)}.")
         if not 0 < self.crop_scale_min <= 1:
             raise ValueError(f"crop_scale_min must lie in (0, 1], got {self.crop_scale_min}.")
+
+
+def _plain(value):
+    """A JSON-comparable form of an argument value (enums by value)."""
+    return value.value if isinstance(value, enum.Enum) else value

@@ -2,12 +2,19 @@
 
 from __future__ import annotations
 
+import itertools
+import json
 import os
 import re
 import shutil
 import tempfile
+import warnings
+import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 
+import torch
+from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
@@ -18,6 +25,7 @@ def save_pretrained_atomically(model: PreTrainedModel, folder: str | os.PathLike
     leaves the previous folder or the complete new one, never a partial save (a crash between the swap's two
     renames leaves the previous one aside, and the next save puts it back first)."""
     folder = Path(folder)
+    check_finite_weights(model, f"Not saving {folder}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     previous = folder.with_name(f".{folder.name}-previous")
     if previous.is_dir() and not folder.exists():  # a crash between the two renames below: put the old one back
@@ -40,15 +48,84 @@ def save_pretrained_atomically(model: PreTrainedModel, folder: str | os.PathLike
     return folder
 
 
+def run_is_finished(folder: str | os.PathLike, settings: Mapping) -> bool:
+    """Whether `folder` (e.g. `{output_dir}/model`) holds the final save of a finished run with these `settings`:
+    then a rerun reuses it instead of training again. A finished run with other settings is an error (naming them),
+    never silently reused or overwritten. Otherwise the settings are recorded beside the folder for the next rerun,
+    and the staging folders of an interrupted save are removed."""
+    folder = Path(folder)
+    record = folder.parent / "run_settings.json"
+    settings = json.loads(json.dumps(dict(settings)))  # as the record will read back
+    previous = folder.with_name(f".{folder.name}-previous")
+    if previous.is_dir() and not folder.exists():  # a crash between the swap's renames: the old save is whole
+        previous.rename(folder)
+    for staging in folder.parent.glob(f".{folder.name}-*"):
+        if staging.is_dir() and staging != previous:
+            shutil.rmtree(staging, ignore_errors=True)  # another process of the run may be removing it too
+    if (folder / "config.json").is_file() and record.is_file():
+        recorded = json.loads(record.read_text())
+        changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+        if changed:
+            raise ValueError(
+                f"{folder.parent} holds a finished run with other settings ({', '.join(changed)}); give another "
+                "output_dir, or delete it to train again."
+            )
+        return True
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(prefix=f".{record.name}-", dir=folder.parent)  # one per process
+    with os.fdopen(descriptor, "w") as file:
+        file.write(json.dumps(settings, indent=1) + "\n")
+    os.replace(staging, record)
+    return False
+
+
+def check_finite_weights(model: torch.nn.Module, context: str) -> None:
+    """Raise if any floating-point tensor of `model` holds NaN or inf: a diverged model is never written."""
+    broken = [
+        name
+        for name, tensor in itertools.chain(model.named_parameters(), model.named_buffers())
+        if tensor.is_floating_point() and not torch.isfinite(tensor).all()
+    ]
+    if broken:
+        raise FloatingPointError(
+            f"{context}: {len(broken)} tensor(s) hold NaN or inf (e.g. {', '.join(broken[:3])}); training diverged. "
+            "Try a smaller learning rate."
+        )
+
+
 def last_complete_checkpoint(output_dir: str | os.PathLike) -> str | None:
-    """The `checkpoint-N` folder with the largest N that holds `trainer_state.json` — the Trainer writes it last,
-    so a checkpoint interrupted mid-save is skipped instead of crashing the resume."""
+    """The `checkpoint-N` folder with the largest N whose every file parses: `trainer_state.json` (the Trainer
+    writes it last) and the other JSON files, the safetensors headers and the torch archives (optimizer,
+    scheduler, RNG states). A checkpoint cut short by a crash or a full disk is skipped, with a warning, so the
+    run resumes from the one before instead of crashing on every rerun."""
     output_dir = Path(output_dir)
     if not output_dir.is_dir():
         return None
-    complete = [
-        (int(match.group(1)), path)
-        for path in output_dir.iterdir()
-        if (match := _CHECKPOINT.match(path.name)) and (path / "trainer_state.json").is_file()
-    ]
-    return str(max(complete)[1]) if complete else None
+    candidates = sorted(
+        ((int(match.group(1)), path) for path in output_dir.iterdir() if (match := _CHECKPOINT.match(path.name))),
+        reverse=True,
+    )
+    for _, path in candidates:
+        problem = checkpoint_problem(path)
+        if problem is None:
+            return str(path)
+        warnings.warn(f"Skipping the incomplete checkpoint {path}: {problem}.", stacklevel=2)
+    return None
+
+
+def checkpoint_problem(folder: Path) -> str | None:
+    """Why `folder` is not a complete Trainer checkpoint, or None."""
+    if not (folder / "trainer_state.json").is_file():
+        return "no trainer_state.json"
+    for file in sorted(folder.iterdir()):
+        try:
+            if file.suffix == ".json":
+                json.loads(file.read_text())
+            elif file.suffix == ".safetensors":
+                with safe_open(file, framework="pt") as weights:
+                    weights.keys()
+            elif file.suffix in (".pt", ".pth", ".bin"):
+                zipfile.ZipFile(file).close()  # torch.save archives: a truncated one has no central directory
+        except (OSError, ValueError, zipfile.BadZipFile, SafetensorError) as error:
+            return f"{file.name} does not parse ({type(error).__name__}: {error})"
+    return None

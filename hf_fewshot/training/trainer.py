@@ -7,22 +7,26 @@ import time
 import warnings
 from collections import defaultdict
 from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import datasets
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
-from transformers import PreTrainedModel, Trainer
+from transformers import PreTrainedModel, Trainer, TrainerState
+from transformers.trainer_utils import TrainOutput
 
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, MultiDomainEpisodeSampler
 from hf_fewshot.data.transforms import EvalTransform, TrainTransform
 from hf_fewshot.diagnostics import smat_diagnostics
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults, episode_metrics, mean_and_ci95
+from hf_fewshot.models import from_pretrained_strictly
 from hf_fewshot.models.modeling_smat import SmatModel
 from hf_fewshot.models.prototypes import eval_mode
 
 from .arguments import FewShotTrainingArguments
+from .checkpoints import check_finite_weights, last_complete_checkpoint
 from .optimization import EPISODIC_OPTIMIZERS, ChainedOptimizer, default_max_grad_norm
 from .sam import perturbed_weights
 
@@ -77,8 +81,40 @@ class SAMTrainer(Trainer):
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        if not self._sam_due():
-            return super().training_step(model, inputs, num_items_in_batch)
+        if self._sam_due():
+            loss = self._sam_step(model, inputs, num_items_in_batch)
+        else:
+            loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss):  # stop here: the Trainer would log it as 0 and save NaN weights
+            raise FloatingPointError(
+                f"Non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}: the run diverged. "
+                f"Try a smaller learning rate (now {self.args.learning_rate:g})."
+            )
+        return loss
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
+        """`Trainer.train`, except that resuming from the run's final checkpoint trains nothing: the Trainer would
+        take one more step (checkpoint-400 → checkpoint-401, rewriting the model and the log). The final weights
+        (the best checkpoint's with `load_best_model_at_end`) and the state are reloaded instead."""
+        checkpoint = resume_from_checkpoint
+        if checkpoint is True:
+            checkpoint = last_complete_checkpoint(self.args.output_dir)
+        state = _final_state(checkpoint, self.args) if checkpoint else None
+        if state is None:
+            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+        self._load_from_checkpoint(checkpoint)
+        self.state = state
+        if self.args.load_best_model_at_end and state.best_model_checkpoint:
+            self._load_best_model()
+        losses = [entry["train_loss"] for entry in state.log_history if "train_loss" in entry]
+        return TrainOutput(state.global_step, losses[-1] if losses else float("nan"), {})
+
+    def _save(self, output_dir: str | None = None, state_dict=None) -> None:
+        check_finite_weights(self.model, f"Not saving a checkpoint at step {self.state.global_step}")
+        super()._save(output_dir, state_dict)
+
+    def _sam_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch) -> torch.Tensor:
+        """One micro-batch's SAM gradient; returns the clean loss."""
         parameters = [p for p in model.parameters() if p.requires_grad]
         earlier_grads = [p.grad for p in parameters]  # the accumulated micro-batches of this update
         for parameter in parameters:
@@ -114,7 +150,8 @@ class SAMTrainer(Trainer):
             super()._load_best_model()
 
     def _load_weights_like_from_pretrained(self, checkpoint: str, model: nn.Module) -> bool:
-        """Reload a checkpoint's weights through `from_pretrained`, strictly.
+        """Reload a checkpoint's weights through `from_pretrained`, strictly (a missing tensor is an error, not
+        a re-initialised one).
 
         transformers 5's Trainer reloads its checkpoints (resume, best model) with a raw
         `load_state_dict(strict=False)`; ViT-family weights are stored under their legacy names and only renamed
@@ -124,7 +161,7 @@ class SAMTrainer(Trainer):
         model = self.accelerator.unwrap_model(model)
         if not isinstance(model, PreTrainedModel) or self.is_deepspeed_enabled or self.is_fsdp_enabled:
             return False
-        loaded = type(model).from_pretrained(checkpoint, config=model.config)
+        loaded = from_pretrained_strictly(type(model), checkpoint, config=model.config)
         model.load_state_dict(loaded.state_dict(), strict=True)
         return True
 
@@ -145,6 +182,14 @@ class SAMTrainer(Trainer):
             logs["sam_dropped"] = self._sam_logs["sam_dropped"]
             self._sam_logs = _empty_sam_logs()
         super().log(logs, *args, **kwargs)
+
+
+def _final_state(checkpoint: str, args: FewShotTrainingArguments) -> TrainerState | None:
+    """The checkpoint's TrainerState if the checkpoint is the end of the run these arguments describe, else None
+    (a run extended with a larger `max_steps` goes on training)."""
+    state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
+    finished = state.max_steps > 0 and state.global_step >= state.max_steps
+    return state if finished and args.max_steps in (-1, 0, state.max_steps) else None
 
 
 def _empty_sam_logs() -> dict[str, float]:
