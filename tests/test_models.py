@@ -345,6 +345,12 @@ def test_prepare_task_keeps_no_autograd_graph(smat):
         (lambda s, sl, q, ql: (s, sl, q[..., :12, :12], ql), "do not match support images"),
         (lambda s, sl, q, ql: (s, sl[:-1], q, ql), "one label per support image"),
         (lambda s, sl, q, ql: (s, sl, q, ql + 5), r"query_labels must lie in 0..4"),
+        (lambda s, sl, q, ql: (s, sl, q[:0], ql[:0]), "query set is empty"),
+        (lambda s, sl, q, ql: (s, sl, q, ql.int()), r"query_labels must be int64.*\.long\(\)"),
+        (lambda s, sl, q, ql: (s, sl, q, ql.float()), "query_labels must be integer class ids"),
+        (lambda s, sl, q, ql: (s, sl.int(), q, ql), "support_labels must be int64"),
+        (lambda s, sl, q, ql: (s, sl, q.index_fill(0, torch.tensor([0]), float("nan")), ql), "NaN or inf"),
+        (lambda s, sl, q, ql: (s.index_fill(0, torch.tensor([1]), float("inf")), sl, q, ql), "NaN or inf"),
     ],
 )
 @pytest.mark.parametrize("model_class", [ProtoNetModel, SmatModel])
@@ -465,3 +471,30 @@ def test_without_the_support_query_split_every_image_is_support_and_query(smat):
     smat.config.support_query_split = True
     torch.manual_seed(5)
     assert not torch.allclose(smat(support, support_labels, query, query_labels).loss, split)
+
+
+@pytest.mark.parametrize(
+    "settings, message",
+    [
+        ({"sparsity_targt": 0.5}, r"no setting 'sparsity_targt' \(did you mean 'sparsity_target'\?\)"),
+        ({"num_expert": 2}, r"did you mean 'num_experts'"),
+        ({"num_experts": 2.5}, r"num_experts must be int, got 2.5"),
+        ({"sparsity_target": "0.5"}, r"sparsity_target must be float, got '0.5'"),
+        ({"kd_reverse": 1}, r"kd_reverse must be bool"),
+    ],
+)
+def test_unknown_or_mistyped_settings_are_errors(settings, message):
+    with pytest.raises(ValueError, match=message):
+        SmatModel.from_backbone(tiny_vit_config(), **settings)
+
+
+def test_a_saved_config_with_an_unknown_key_is_refused_and_a_fewshot_folder_is_not_a_backbone(smat, tmp_path):
+    import json
+
+    smat.save_pretrained(tmp_path)
+    with pytest.raises(ValueError, match="is a saved few-shot model"):
+        ProtoNetModel.from_backbone(str(tmp_path))
+    config = json.loads((tmp_path / "config.json").read_text())
+    (tmp_path / "config.json").write_text(json.dumps({**config, "num_expert": 3}))
+    with pytest.raises(ValueError, match="did you mean 'num_experts'"):
+        AutoModel.from_pretrained(tmp_path)

@@ -6,6 +6,11 @@ is saved with remote code, so it imports nothing from `hf_fewshot`.
 """
 
 import copy
+import dataclasses
+import difflib
+import numbers
+import types
+import typing
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -40,10 +45,10 @@ def check_episode(
             f"support_labels must be 1-D with one label per support image: {tuple(support_labels.shape)} labels "
             f"for {len(support_pixel_values)} images."
         )
-    if support_labels.dtype.is_floating_point or support_labels.dtype == torch.bool:
-        raise ValueError(f"support_labels must be integer class ids, got {support_labels.dtype}.")
+    _check_labels("support_labels", support_labels)
     if len(support_labels) == 0:
         raise ValueError("The support set is empty.")
+    _check_pixels("support_pixel_values", support_pixel_values)
     n_way = int(support_labels.max()) + 1
     if int(support_labels.min()) < 0:
         raise ValueError(f"support_labels must be episode-relative ids 0..n_way-1, found {int(support_labels.min())}.")
@@ -60,7 +65,11 @@ def check_episode(
                 f"Query images {tuple(query_pixel_values.shape[1:])} do not match support images "
                 f"{tuple(support_pixel_values.shape[1:])} (channels, height, width); resize both the same way."
             )
+        if len(query_pixel_values) == 0:  # else a NaN loss, or a reshape error deep in transformers
+            raise ValueError("The query set is empty: an episode needs at least one query image.")
+        _check_pixels("query_pixel_values", query_pixel_values)
         if query_labels is not None:
+            _check_labels("query_labels", query_labels)
             if query_labels.shape != (len(query_pixel_values),):
                 raise ValueError(
                     f"query_labels must hold one label per query image: {tuple(query_labels.shape)} for "
@@ -69,6 +78,19 @@ def check_episode(
             if len(query_labels) and (int(query_labels.min()) < 0 or int(query_labels.max()) >= n_way):
                 raise ValueError(f"query_labels must lie in 0..{n_way - 1} (the support set's classes).")
     return n_way
+
+
+def _check_labels(name: str, labels: torch.Tensor) -> None:
+    if labels.dtype != torch.long:
+        kind = "integer class ids" if labels.dtype.is_floating_point or labels.dtype == torch.bool else "int64"
+        raise ValueError(f"{name} must be {kind} (torch.long), got {labels.dtype}: pass `{name}.long()`.")
+
+
+def _check_pixels(name: str, pixel_values: torch.Tensor) -> None:
+    if not pixel_values.is_floating_point():
+        raise ValueError(f"{name} must be floating-point pixel values, got {pixel_values.dtype}.")
+    if not torch.isfinite(pixel_values).all():
+        raise ValueError(f"{name} hold NaN or inf: the images were not decoded or normalised correctly.")
 
 
 @contextmanager
@@ -143,6 +165,25 @@ class FewShotConfig(PreTrainedConfig):
     logit_scale: float = 10.0
     logit_bias: float = 0.0
 
+    def __post_init__(self, **kwargs):
+        """Refuse settings this config does not have (`sparsity_targt` would be kept as a stray attribute while the
+        default is used) and values of the wrong type, before anything is built from them."""
+        names = {f.name for f in dataclasses.fields(self)}
+        unknown = sorted(key for key in kwargs if key not in names and key not in _PRETRAINED_CONFIG_KEYS)
+        if unknown:
+            hints = [
+                f"{key!r} (did you mean {close[0]!r}?)"
+                if (close := difflib.get_close_matches(key, names, 1))
+                else repr(key)
+                for key in unknown
+            ]
+            raise ValueError(f"{type(self).__name__} has no setting {', '.join(hints)}.")
+        for klass in type(self).__mro__:  # the settings of the few-shot configs, not PreTrainedConfig's own
+            if isinstance(klass, type) and issubclass(klass, FewShotConfig):
+                for name, expected in klass.__dict__.get("__annotations__", {}).items():
+                    _check_type(type(self).__name__, name, getattr(self, name), expected)
+        super().__post_init__(**kwargs)
+
     @classmethod
     def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> PreTrainedConfig:
         found = config_dict.get("model_type")
@@ -154,6 +195,34 @@ class FewShotConfig(PreTrainedConfig):
         return super().from_dict(config_dict, **kwargs)
 
 
+# Keys PreTrainedConfig itself accepts (or writes into config.json) beyond its fields.
+_PRETRAINED_CONFIG_KEYS = {
+    "auto_map", "model_type", "transformers_version", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash",
+    "output_attentions", "attn_implementation", "experts_implementation", "num_labels", "per_layer_config",
+    "_attn_implementation_internal", "_experts_implementation_internal",
+}  # fmt: skip
+
+
+def _check_type(owner: str, name: str, value: Any, expected: Any) -> None:
+    """A clear error for a config value of the wrong type (`num_experts=2.5`, `sparsity_target="0.5"`). Only
+    scalar settings are checked here; lists and nested configs are checked where they are used."""
+    allowed = (
+        typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
+    )
+    if value is None and type(None) in allowed:
+        return
+    kinds = [kind for kind in allowed if kind is not type(None)]
+    if any(kind not in (bool, int, float) for kind in kinds):
+        return
+    plain_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if (bool in kinds and isinstance(value, bool)) or (float in kinds and plain_number):
+        return
+    if int in kinds and plain_number and isinstance(value, numbers.Integral):
+        return
+    names = " or ".join(kind.__name__ for kind in allowed).replace("NoneType", "None")
+    raise ValueError(f"{owner}.{name} must be {names}, got {value!r} ({type(value).__name__}).")
+
+
 def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
     """A randomly initialised HF vision backbone without a pooler (features = CLS token of the last layer)."""
     kwargs = {"add_pooling_layer": False} if config.model_type == "vit" else {}
@@ -163,6 +232,11 @@ def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
 def load_backbone(name_or_path: str, **kwargs) -> PreTrainedModel:
     """Pre-trained backbone weights from the Hub or a folder (`facebook/dino-vits16`, a Dinov2 checkpoint, …)."""
     config = AutoConfig.from_pretrained(name_or_path, **kwargs)
+    if isinstance(config, FewShotConfig):  # else a model inside a model, or an AttributeError deep in transformers
+        raise ValueError(
+            f"{name_or_path} is a saved few-shot model ({config.model_type}), not a backbone: load it with "
+            "load_fewshot_model / AutoModel.from_pretrained, or pass its backbone."
+        )
     extra = {"add_pooling_layer": False} if config.model_type == "vit" else {}
     return AutoModel.from_pretrained(name_or_path, config=config, **extra, **kwargs)
 
