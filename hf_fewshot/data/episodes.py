@@ -30,6 +30,8 @@ from PIL import Image
 from hf_fewshot.data.metadataset import column_as_numpy
 from hf_fewshot.data.schema import NO_SUPERCLASS
 
+from .images import to_rgb
+
 PROTOCOLS = ("md", "fixed", "md_5shot")
 
 
@@ -463,11 +465,12 @@ class EpisodeCollator:
 
 
 def decode_image(record: dict, row: int, domain: str | None) -> Image.Image:
-    """Open one stored image (bytes or a path) as RGB, naming the row when it cannot be read."""
+    """Open one stored image (bytes or a path) as RGB (`to_rgb`: EXIF, bit depth, transparency), naming the row when
+    it cannot be read."""
     try:
         source = io.BytesIO(record["bytes"]) if record.get("bytes") is not None else record["path"]
         with Image.open(source) as image:
-            return image.convert("RGB")
+            return to_rgb(image)
     except Exception as error:  # PIL raises several types for corrupt data; report them all the same way
         raise ValueError(f"Cannot decode the image of row {row} (domain {domain!r}): {error}") from error
 

@@ -14,6 +14,8 @@ import numpy as np
 import torch
 from PIL import Image
 
+from .images import to_rgb
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -22,6 +24,11 @@ def _to_unit_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
     """Stack same-size RGB images into a `(n, 3, H, W)` float tensor in [0, 1]."""
     array = np.stack([np.asarray(image, dtype=np.uint8) for image in images])
     return torch.from_numpy(array).permute(0, 3, 1, 2).float().div_(255.0)
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """Decoded images are RGB already; any other mode goes through the one decoding rule (`to_rgb`)."""
+    return image if image.mode == "RGB" else to_rgb(image)
 
 
 def _standardise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[float]) -> torch.Tensor:
@@ -50,7 +57,7 @@ class EvalTransform:
         # The centre crop of a resized image, expressed as a box of the original: one resample.
         side = min(width, height) * self.size / round(self.size * self.resize_ratio)
         left, top = (width - side) / 2, (height - side) / 2
-        return image.convert("RGB").resize(
+        return _rgb(image).resize(
             (self.size, self.size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
         )
 
@@ -78,7 +85,7 @@ class TrainTransform:
     def __call__(self, images: Sequence[Image.Image], rng: np.random.Generator) -> torch.Tensor:
         crops = []
         for image in images:
-            crop = image.convert("RGB").resize(
+            crop = _rgb(image).resize(
                 (self.size, self.size), Image.Resampling.BILINEAR, box=self._crop_box(image.size, rng)
             )
             if rng.uniform() < self.flip_probability:

@@ -1,0 +1,46 @@
+"""One way to turn any stored image into the RGB picture the models see (docs/data.md, "Images").
+
+`PIL.Image.convert("RGB")` alone is wrong for several common files: a 16-bit PNG comes out all white, a 32-bit
+integer or float TIFF all black or all white, transparent pixels take whatever colour is stored under them (often
+black), and the EXIF orientation of a phone photo is ignored while `datasets.Image` and the transformers pipeline
+apply it. `to_rgb` handles every mode the same way everywhere: training, evaluation and adaptation decode through
+it, and it composites transparency onto white as transformers' image processors do.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from PIL import Image, ImageOps
+
+_HIGH_BIT_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """`image` as 8-bit RGB: EXIF orientation applied, high bit depths scaled to 0–255 (not clipped), alpha and
+    palette transparency composited onto white."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode in _HIGH_BIT_DEPTH or image.mode in ("I", "F"):
+        return Image.fromarray(_scaled_to_8_bit(image)).convert("RGB")
+    if "A" in image.getbands() or image.info.get("transparency") is not None:
+        rgba = image.convert("RGBA")
+        return Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba).convert("RGB")
+    return image.convert("RGB")
+
+
+def _scaled_to_8_bit(image: Image.Image) -> np.ndarray:
+    """A single-channel high-bit-depth image as uint8. 16-bit modes use their full range; 32-bit integers use the
+    16-bit range when their values fit it (how PIL opens 16-bit PNGs) and the int32 range otherwise; floats are
+    taken as [0, 1] when they lie in it, else as [0, 255]."""
+    values = np.asarray(image, dtype=np.float64)
+    if image.mode == "F":
+        finite = values[np.isfinite(values)]
+        top = 1.0 if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1) else 255.0
+    elif image.mode == "I":
+        top = 65535.0 if values.min() >= 0 and values.max() <= 65535 else float(2**31 - 1)
+    else:
+        top = float(_HIGH_BIT_DEPTH[image.mode])
+    values = np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0)
+    return np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
+
+
+__all__ = ["to_rgb"]
