@@ -6,6 +6,7 @@ import shutil
 import sys
 from pathlib import Path
 
+import datasets
 import numpy as np
 import pytest
 from conftest import png_bytes, tiny_vit_config
@@ -227,3 +228,63 @@ def test_large_converted_splits_are_memory_mapped_not_loaded(tmp_path, monkeypat
     monkeypatch.setattr(metadataset, "IN_MEMORY_BYTES", 0)
     mapped = load_domain(tmp_path / "out", "aircraft", "train")
     assert mapped.cache_files and mapped["label"][:4] == [0] * 4
+
+
+# ------------------------------------------------------------------------ hostile specs, records and folders
+@pytest.mark.parametrize(
+    "changes", [{"name": "../escaped"}, {"name": "/tmp/abs"}, {"file_pattern": "../{}.tfrecords"}]
+)
+def test_a_spec_cannot_lead_reads_or_writes_outside_its_folders(tmp_path, changes):
+    spec = {**FLAT, "name": "aircraft"}
+    folder = write_domain(tmp_path / "records", spec)
+    (folder / "dataset_spec.json").write_text(json.dumps({**spec, **changes}))
+    with pytest.raises(ValueError, match="not a plain name"):
+        convert_domain(folder, tmp_path / "converted", progress=False)
+    assert not (tmp_path / "escaped").exists()
+
+
+def test_a_record_file_symlinked_out_of_the_domain_folder_is_refused(tmp_path):
+    folder = write_domain(tmp_path / "records", FLAT)
+    secret = tmp_path / "secret.tfrecords"
+    (folder / "0.tfrecords").rename(secret)
+    (folder / "0.tfrecords").symlink_to(secret)
+    with pytest.raises(ValueError, match="symlink out of"):
+        convert_domain(folder, tmp_path / "converted", progress=False)
+
+
+def test_bad_records_and_empty_classes_are_reported_and_the_conversion_goes_on(tmp_path):
+    folder = write_domain(tmp_path / "records", FLAT)
+    not_an_image = record(example({"image": [b"plain text, no image"], "label": [0]}))
+    malformed = record(b"\x0a\xff\xff\xff\xff\x0f")  # a length field far past the end: struct / parse errors
+    good = (folder / "0.tfrecords").read_bytes()
+    (folder / "0.tfrecords").write_bytes(not_an_image + malformed + good)
+    (folder / "2.tfrecords").write_bytes(b"")
+    files, corrupt = convert_domain(folder, tmp_path / "converted", progress=False)
+    reasons = {(Path(c.path).name, c.offset): c.reason for c in corrupt}
+    assert reasons[("0.tfrecords", 0)].startswith("not an image")
+    assert reasons[("0.tfrecords", len(not_an_image))].startswith("not an Example")
+    assert "class 2 is left out" in reasons[("2.tfrecords", 0)]
+    assert sorted(set(load_domain(tmp_path / "converted", "aircraft", "train")["label"])) == [0, 1]
+
+
+def test_load_domain_stays_inside_its_source(tmp_path):
+    (tmp_path / "src" / "toy" / "train" / "a").mkdir(parents=True)
+    (tmp_path / "src" / "toy" / "train" / "b").mkdir()
+    Image.new("RGB", (4, 4)).save(tmp_path / "src" / "toy" / "train" / "a" / "0.png")
+    Image.new("RGB", (4, 4)).save(tmp_path / "secret.png")
+    (tmp_path / "src" / "toy" / "train" / "b" / "0.png").symlink_to(tmp_path / "secret.png")
+    (tmp_path / "sibling" / "train" / "c").mkdir(parents=True)
+    with pytest.raises(ValueError, match="not a plain name"):
+        load_domain(tmp_path / "src", "../sibling", "train")
+    with pytest.warns(UserWarning, match="Skipped 1 symlink"):
+        split = load_domain(tmp_path / "src", "toy", "train")
+    paths = [record["path"] for record in split.cast_column("image", datasets.Image(decode=False))["image"]]
+    assert len(paths) == 1 and "secret" not in paths[0]
+
+
+def test_null_labels_are_refused(tmp_path):
+    rows = {"image": [{"bytes": png_bytes(0), "path": None}] * 2, "label": [0, None]}
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.Value("int64")})
+    datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "toy" / "train.parquet")
+    with pytest.raises(ValueError, match="missing \\(null\\) values"):
+        load_domain(tmp_path, "toy", "train")

@@ -12,9 +12,11 @@ class ids contiguous in the order train, validation, test:
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import os
+import struct
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,9 +26,10 @@ import datasets.table
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_fewshot.data.metadataset import resolve_domain
+from hf_fewshot.data.metadataset import check_path_component, resolve_domain
 from hf_fewshot.data.schema import NO_SUPERCLASS, domain_features
 from hf_fewshot.data.tfrecord import CorruptRecord, parse_example, read_records
 
@@ -70,14 +73,17 @@ class MetaDatasetSpec:
             split_classes, superclasses, superclass_names, hierarchies = readers[kind](spec, class_names)
         except KeyError as missing:
             raise ValueError(f"{path}: a {kind} needs the key {missing}.") from None
+        name = check_path_component(spec.get("name", path.parent.name), f"{path}: the domain name")
+        file_pattern = spec.get("file_pattern", "{}.tfrecords")
+        check_path_component(file_pattern.format(0), f"{path}: the record file pattern {file_pattern!r} gives")
         return cls(
-            name=spec.get("name", path.parent.name),
+            name=name,
             split_classes=split_classes,
             class_names=class_names,
             class_superclass=superclasses,
             superclass_names=superclass_names,
             hierarchies=hierarchies,
-            file_pattern=spec.get("file_pattern", "{}.tfrecords"),
+            file_pattern=file_pattern,
         )
 
     def superclass_of(self, class_id: int) -> int:
@@ -166,11 +172,17 @@ def _class_rows(path: Path, class_id: int, corrupt: list[CorruptRecord]) -> Iter
         try:
             example = parse_example(data)
             image, label = example["image"][0], int(example["label"][0])
-        except (ValueError, KeyError, IndexError) as error:
-            corrupt.append(CorruptRecord(str(path), offset, f"not an Example with image and label ({error})"))
+        except (ValueError, KeyError, IndexError, TypeError, struct.error) as error:
+            corrupt.append(CorruptRecord(str(path), offset, f"not an Example with image and label ({error!r})"))
             continue
         if label != class_id:
             corrupt.append(CorruptRecord(str(path), offset, f"label {label} in the file of class {class_id}"))
+            continue
+        try:  # the header only: cheap, and enough to catch bytes that are no image at all
+            with Image.open(io.BytesIO(image)):
+                pass
+        except (OSError, ValueError, Image.DecompressionBombError) as error:
+            corrupt.append(CorruptRecord(str(path), offset, f"not an image ({error})"))
             continue
         yield image
 
@@ -204,7 +216,11 @@ def convert_domain(
                 path = records_dir / spec.file_pattern.format(class_id)
                 if not path.is_file():
                     raise FileNotFoundError(f"Class {class_id} of {spec.name} has no record file {path}.")
+                if not path.resolve().is_relative_to(records_dir.resolve()):
+                    raise ValueError(f"{path} is a symlink out of {records_dir}: records are read from inside only.")
                 images = list(_class_rows(path, class_id, corrupt))
+                if not images:  # reported like a corrupt record: the class is missing from the split
+                    corrupt.append(CorruptRecord(str(path), 0, f"no readable image: class {class_id} is left out"))
                 order = np.random.default_rng((seed, class_id)).permutation(len(images))
                 rows = {
                     "image": [{"bytes": images[k], "path": None} for k in order],

@@ -9,6 +9,7 @@ wrong column fails here with a message instead of deep inside a training step.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -108,6 +109,7 @@ def load_domain(source: str | Path, domain: str, split: str = "train") -> datase
     """
     if split not in SPLITS:
         raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
+    check_path_component(domain, "domain")
     if str(source) == "minimeta":
         return _load_minimeta(domain, split)
     path = Path(source)
@@ -150,7 +152,7 @@ def _load_local(path: Path, domain: str, split: str) -> datasets.Dataset:
                 raise ValueError(f"{candidate} has no split {split!r}; it has {sorted(saved)}.")
             return saved[split]
     if (domain_dir / split).is_dir():
-        return _load_image_folder(domain_dir / split, domain)
+        return _load_image_folder(domain_dir / split, domain, path)
     raise ValueError(
         f"Found no data for domain {domain!r}, split {split!r} under {path}: expected "
         f"{domain}/{split}.parquet, a save_to_disk DatasetDict, or an image folder {domain}/{split}/<class>/."
@@ -160,17 +162,46 @@ def _load_local(path: Path, domain: str, split: str) -> datasets.Dataset:
 _IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
 
 
-def _load_image_folder(split_dir: Path, domain: str) -> datasets.Dataset:
-    """Read `<class_name>/<image>` files; labels number the sorted class folders from 0."""
-    class_dirs = sorted(p for p in split_dir.iterdir() if p.is_dir())
+def check_path_component(name: str, what: str) -> str:
+    """`name` if it is one plain file or folder name; `..`, separators and absolute paths would lead a domain or
+    a converted dataset's name outside the folder it belongs in."""
+    if (
+        not isinstance(name, str)
+        or name in ("", ".", "..")
+        or any(c in name for c in "/\\\0")
+        or Path(name).is_absolute()
+    ):
+        raise ValueError(f"{what} {name!r} is not a plain name: it must not hold path separators or be '.' / '..'.")
+    return name
+
+
+def _inside(path: Path, root: Path) -> bool:
+    return path.resolve().is_relative_to(root.resolve())
+
+
+def _load_image_folder(split_dir: Path, domain: str, root: Path) -> datasets.Dataset:
+    """Read `<class_name>/<image>` files; labels number the sorted class folders from 0. Symlinks that lead out of
+    `root` are skipped with a warning: a folder of images must not pull in files from elsewhere."""
+    outside = []
+    class_dirs = []
+    for candidate in sorted(p for p in split_dir.iterdir() if p.is_dir()):
+        (class_dirs if _inside(candidate, root) else outside).append(candidate)
     rows: dict[str, list] = {column: [] for column in ("image", "label", "class_name", "superclass", "domain")}
     for label, class_dir in enumerate(class_dirs):
         for file in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
+            if not _inside(file, root):
+                outside.append(file)
+                continue
             rows["image"].append(str(file))
             rows["label"].append(label)
             rows["class_name"].append(class_dir.name)
             rows["superclass"].append(NO_SUPERCLASS)
             rows["domain"].append(domain)
+    if outside:
+        warnings.warn(
+            f"Skipped {len(outside)} symlink(s) leading out of {root}: {', '.join(map(str, outside[:5]))}.",
+            stacklevel=3,
+        )
     return datasets.Dataset.from_dict(rows, features=domain_features())
 
 
@@ -213,6 +244,8 @@ def validate_domain_split(
             f"{where}: column 'label' has type {label_dtype or label_feature!r}; labels must be integer class ids. "
             "Map names to ids first, e.g. dataset.class_encode_column('label')."
         )
+    if dataset.with_format("arrow").data.column("label").null_count:
+        raise ValueError(f"{where}: column 'label' has missing (null) values; every image needs a class id.")
     labels = column_as_numpy(dataset, "label")
     if labels.min() < 0:
         raise ValueError(f"{where}: labels must be ≥ 0, found {int(labels.min())}.")
