@@ -51,7 +51,11 @@ class MetaTuneArguments:
         metadata={"help": "Hub id or folder of the pre-trained backbone (e.g. facebook/dino-vits16)."},
     )
     model_config: dict | str | None = field(
-        default=None, metadata={"help": "SmatConfig / ProtoNetConfig fields, as a mapping (YAML) or a JSON string."}
+        default=None,
+        metadata={
+            "help": "SmatConfig / ProtoNetConfig fields, as a mapping (YAML) or a JSON string. Not given: the demo's "
+            "settings of the method (DEMO_MODEL_CONFIGS)."
+        },
     )
     data_source: str = field(
         default="minimeta", metadata={"help": "'minimeta', a converted Meta-Dataset folder, or a Hub dataset id."}
@@ -76,13 +80,13 @@ class MetaTuneArguments:
             raise ValueError(f"test_episodes must be ≥ 0 (0 skips the final evaluation), got {self.test_episodes}.")
 
 
+# The embedded demo is 800 tasks, 1.6% of the paper's; three settings differ from the paper's so that the experts
+# saturate and specialise within it (docs/smat.md, "At a small budget"): eval gates = training gates (β_eval = β),
+# a 100× gate lr (log α's gradient is ~1e-5 of the clip here, so the paper's lr barely moves it) and a 100×
+# smaller multiplier lr (the same Lagrangian push per step). router_tau_decay_tasks: from the training length.
+DEMO_MODEL_CONFIGS = {"smat": {"num_experts": 4, "sparsity_target": 0.5, "gate_beta_eval": 2 / 3}, "protonet": {}}
 DEFAULTS = dict(
     output_dir="runs/minimeta-smat",
-    # The embedded demo is 800 tasks, 1.6% of the paper's; three settings differ from the paper's so that the experts
-    # saturate and specialise within it (docs/smat.md, "At a small budget"): eval gates = training gates (β_eval = β),
-    # a 100× gate lr (log α's gradient is ~1e-5 of the clip here, so the paper's lr barely moves it) and a 100×
-    # smaller multiplier lr (the same Lagrangian push per step). router_tau_decay_tasks: from the training length.
-    model_config={"num_experts": 4, "sparsity_target": 0.5, "gate_beta_eval": 2 / 3},
     max_steps=400,
     train_episodes_per_epoch=600,
     gradient_accumulation_steps=2,
@@ -118,7 +122,7 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     if args.backbone == DEFAULT_BACKBONE and not Path(args.backbone).is_dir():
         print(f"No backbone at {args.backbone}: pre-training it first with recipes/pretrain.py's defaults.")
         pretrain.main([])
-    model_config = dict(args.model_config or {})
+    model_config = dict(DEMO_MODEL_CONFIGS[args.method] if args.model_config is None else args.model_config)
     if args.method == "smat" and "router_tau_decay_tasks" not in model_config:
         tasks = meta_training_tasks(training_args)
         model_config["router_tau_decay_tasks"] = router_tau_decay_for(

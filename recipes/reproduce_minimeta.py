@@ -129,7 +129,7 @@ MAIN_CELLS = {"pmf-long": "P>M>F", "smat-long": "SMAT"}  # the results names of 
 @dataclass(frozen=True)
 class MetaRun:
     """One meta-tuning run: its folder (and results) name, how it differs from the short-budget SMAT, and its
-    settings over meta_tune.py's defaults (`model_config` over `DEFAULTS["model_config"]`, then training flags)."""
+    settings over meta_tune.py's defaults (`model_config` over `DEMO_MODEL_CONFIGS`, then training flags)."""
 
     name: str
     differs: str
@@ -215,7 +215,7 @@ class Study:
         every = max(1, steps // 4)
         model_config = dict(run.model_config)
         if run.method == "smat":
-            model_config = {**meta_tune.DEFAULTS["model_config"], **model_config}
+            model_config = {**meta_tune.DEMO_MODEL_CONFIGS["smat"], **model_config}
         argv = [
             "--method", run.method, "--backbone", str(self.backbone("sam")),
             "--output_dir", str(self.meta_tuned(run.name).parent), "--model_config", json.dumps(model_config),

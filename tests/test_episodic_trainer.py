@@ -165,11 +165,14 @@ def test_episodic_trainer_rejects_bad_inputs(tmp_path, glyphs):
         EpisodicTrainer(tiny_smat(), TrainingArguments(output_dir=str(tmp_path), use_cpu=True))
     with pytest.raises(TypeError, match="datasets.Dataset"):
         EpisodicTrainer(tiny_smat(), training_arguments(tmp_path), train_dataset={"glyphs": [1, 2, 3]})
-    trainer = EpisodicTrainer(
-        tiny_smat(), training_arguments(tmp_path, n_shot=20), train_dataset={"glyphs": glyphs["train"]}
-    )
-    with pytest.raises(ValueError, match="fewer than 23 images"):
-        trainer.train()
+    with pytest.raises(ValueError, match="train_dataset 'glyphs' cannot give 'fixed' episodes.*fewer than 23 images"):
+        EpisodicTrainer(
+            tiny_smat(), training_arguments(tmp_path, n_shot=20), train_dataset={"glyphs": glyphs["train"]}
+        )
+    with pytest.raises(ValueError, match="eval_dataset 'glyphs'.*at least 11 classes"):  # at construction
+        EpisodicTrainer(
+            tiny_smat(), training_arguments(tmp_path, n_way=11), eval_dataset={"glyphs": glyphs["validation"]}
+        )
     with pytest.raises(ValueError, match="fixed"):
         training_arguments(tmp_path, n_way=None)
     with pytest.raises(TypeError, match="DatasetDict"):

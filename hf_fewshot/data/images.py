@@ -1,4 +1,4 @@
-"""One way to turn any stored image into the RGB picture the models see (docs/data.md, "Images").
+"""One way to turn any stored image into the RGB picture the models see (docs/reliability.md, "Images").
 
 `PIL.Image.convert("RGB")` alone is wrong for several common files: a 16-bit PNG comes out all white, a 32-bit
 integer or float TIFF all black or all white, transparent pixels take whatever colour is stored under them (often

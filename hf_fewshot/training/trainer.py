@@ -41,7 +41,9 @@ class SAMTrainer(Trainer):
       per-micro-batch SAM gradients (the paper's m-sharpness). Both passes scale the loss as the parent does.
     - The weights are restored by copy before the optimizer steps; BatchNorm running statistics are
       restored after the second pass, so only the first pass updates them.
-    - A non-finite first-pass gradient skips the perturbation; a non-finite second-pass gradient drops the
+    - A non-finite training loss stops training with a `FloatingPointError` naming the step (with or without SAM),
+      and no checkpoint with non-finite weights is written (docs/reliability.md). With a finite loss, a
+      non-finite first-pass gradient skips the perturbation and a non-finite second-pass gradient drops the
       micro-batch (its gradient never reaches the weights). Both are counted in the logs
       (`sam_unperturbed`, `sam_dropped`), with the mean sharpness L(w + e) − L(w) (`sam_sharpness`).
     - `sam_interval = k` applies SAM on every k-th optimizer step and plain ERM otherwise.
@@ -257,6 +259,14 @@ class EpisodicTrainer(SAMTrainer):
             eval_dataset=_domain_splits(eval_dataset, "eval_dataset"),
             **kwargs,
         )
+        for name, splits in (("train_dataset", self.train_dataset), ("eval_dataset", self.eval_dataset)):
+            for domain, split in (splits or {}).items():  # here, not at the first evaluation an hour later
+                try:
+                    self._sampler(split, domain, None)
+                except ValueError as error:
+                    raise ValueError(
+                        f"{name} {domain!r} cannot give {args.episode_protocol!r} episodes: {error}"
+                    ) from None
         self._tasks_this_update = 0
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_counts: dict[str, int] = defaultdict(int)
