@@ -136,16 +136,19 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     args.model_config = model_config
     output_dir, is_main = Path(training_args.output_dir), PartialState().is_main_process
     settings = {**recipe_settings(args), **training_args.run_settings()}
-    if run_is_finished(output_dir / "model", settings):  # a rerun of a finished run changes nothing
+    finished = run_is_finished(output_dir / "model", settings)
+    if finished:  # a rerun of a finished run changes nothing
         print(f"{output_dir / 'model'} holds this run's finished model: reused, not trained again.")
         model = from_pretrained_strictly(METHODS[args.method], str(output_dir / "model")).to(training_args.device)
     else:
+        if is_main:  # results of an earlier model must never be shown for this one
+            (output_dir / "results.json").unlink(missing_ok=True)
         model = train(args, training_args)
     if not is_main:
         return ""
     evaluation = {"test_domains": args.test_domains, "test_episodes": args.test_episodes}
     previous = json.loads((output_dir / "results.json").read_text()) if (output_dir / "results.json").is_file() else {}
-    if previous.get("evaluation_settings") == evaluation and (output_dir / "results.md").is_file():
+    if finished and previous.get("evaluation_settings") == evaluation and (output_dir / "results.md").is_file():
         table = (output_dir / "results.md").read_text().strip()
         print(f"\nTest accuracy (%), as evaluated by the finished run:\n\n{table}\n")
         return table

@@ -18,6 +18,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 from hf_fewshot import EpisodeSampler, ProtoNetModel, evaluate_episodes, load_domain
 from hf_fewshot.data.conversion import MetaDatasetSpec, convert_domain
 from hf_fewshot.data.episodes import FrozenEpisodes
+from hf_fewshot.data.metadataset import validate_domain_split
 
 
 def write_spec(tmp_path, spec: dict):
@@ -276,10 +277,11 @@ def test_load_domain_stays_inside_its_source(tmp_path):
     (tmp_path / "sibling" / "train" / "c").mkdir(parents=True)
     with pytest.raises(ValueError, match="not a plain name"):
         load_domain(tmp_path / "src", "../sibling", "train")
-    with pytest.warns(UserWarning, match="Skipped 1 symlink"):
-        split = load_domain(tmp_path / "src", "toy", "train")
-    paths = [record["path"] for record in split.cast_column("image", datasets.Image(decode=False))["image"]]
-    assert len(paths) == 1 and "secret" not in paths[0]
+    with pytest.raises(ValueError, match="1 image or class-folder symlink.*lead out of"):
+        load_domain(tmp_path / "src", "toy", "train")
+    (tmp_path / "src" / "toy" / "train" / "b" / "0.png").unlink()
+    (tmp_path / "src" / "toy" / "train" / "b" / "0.png").symlink_to(tmp_path / "src" / "toy" / "train" / "a" / "0.png")
+    assert len(load_domain(tmp_path / "src", "toy", "train")) == 2, "a symlink inside the source is fine"
 
 
 def test_null_labels_are_refused(tmp_path):
@@ -288,3 +290,7 @@ def test_null_labels_are_refused(tmp_path):
     datasets.Dataset.from_dict(rows, features=features).to_parquet(tmp_path / "toy" / "train.parquet")
     with pytest.raises(ValueError, match="missing \\(null\\) values"):
         load_domain(tmp_path, "toy", "train")
+    filtered = datasets.Dataset.from_parquet(str(tmp_path / "toy" / "train.parquet")).filter(
+        lambda row: row["label"] is not None
+    )
+    assert len(validate_domain_split(filtered, "toy", "train")) == 1, "a filtered view without nulls passes"

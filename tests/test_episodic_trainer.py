@@ -450,6 +450,10 @@ def test_resuming_from_the_final_checkpoint_trains_nothing(tmp_path, glyphs):
         "checkpoint-1", "checkpoint-2"]  # fmt: skip
     for (name, expected), actual in zip(model.state_dict().items(), rerun.model.state_dict().values(), strict=True):
         assert torch.equal(expected, actual), name
-    longer = training_arguments(tmp_path, max_steps=3, save_strategy="steps", save_steps=1)
+    epochs = training_arguments(tmp_path, max_steps=-1, num_train_epochs=2, train_episodes_per_epoch=2,
+                                save_strategy="steps", save_steps=1)  # fmt: skip
+    resumed = EpisodicTrainer(tiny_smat(), epochs, train_dataset={"glyphs": glyphs["train"]})
+    assert resumed.train(resume_from_checkpoint=True).global_step == 4, "an epoch-based run of another length goes on"
+    longer = training_arguments(tmp_path, max_steps=5, save_strategy="steps", save_steps=1)
     assert EpisodicTrainer(tiny_smat(), longer, train_dataset={"glyphs": glyphs["train"]}).train(
-        resume_from_checkpoint=True).global_step == 3, "a longer run goes on from the checkpoint"  # fmt: skip
+        resume_from_checkpoint=True).global_step == 5, "a longer run goes on from the checkpoint"  # fmt: skip

@@ -28,6 +28,7 @@ def decoded(record: dict) -> np.ndarray:
         (Image.fromarray(np.full((4, 4), 32768, dtype=np.uint16)), "PNG"),  # 16-bit PNG: was all white
         (Image.fromarray(np.full((4, 4), 2**30, dtype=np.int32)), "TIFF"),  # 32-bit integer TIFF
         (Image.fromarray(np.full((4, 4), 0.5, dtype=np.float32)), "TIFF"),  # float TIFF in [0, 1]: was black
+        (Image.fromarray(np.full((4, 4), 128, dtype=np.int32)), "TIFF"),  # an 8-bit array stored as int32 (datasets)
     ],
 )
 def test_high_bit_depths_are_scaled_not_clipped(image, format):

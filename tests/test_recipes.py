@@ -163,6 +163,7 @@ def test_evaluate_puts_a_backbone_and_a_fewshot_model_in_one_table(tmp_path, pre
         ("lr_scheduler_type: cosin", "lr_scheduler_type must be one of"),
         ("learning_rate: .nan", "learning_rate must be a finite number"),
         ("n_way: 5", "apply to the 'fixed' episode protocol only"),
+        ("dataloader_pin_memory: 2", "dataloader_pin_memory: 2 is not a valid boolean"),
     ],
 )
 def test_yaml_values_are_checked_like_command_line_flags(tmp_path, line, message):
@@ -255,7 +256,10 @@ def test_rerunning_a_finished_run_changes_nothing_and_redoes_only_a_missing_fina
     reloaded, original = saved_tensors(tmp_path / "model"), saved_tensors(Path(checkpoint_of_best(tmp_path)))
     assert all(torch.equal(reloaded[name], original[name]) for name in original)
 
-    with pytest.raises(ValueError, match=r"finished run with other settings \(learning_rate\)"):
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(learning_rate\)"):
+        meta_tune.main([*argv, "--learning_rate", "0.5"])
+    shutil.rmtree(tmp_path / "model")  # checkpoints only: still never resumed into a mixture of two settings
+    with pytest.raises(ValueError, match=r"holds a run with other settings \(learning_rate\)"):
         meta_tune.main([*argv, "--learning_rate", "0.5"])
 
 

@@ -29,14 +29,16 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def _scaled_to_8_bit(image: Image.Image) -> np.ndarray:
     """A single-channel high-bit-depth image as uint8. 16-bit modes use their full range; 32-bit integers use the
-    16-bit range when their values fit it (how PIL opens 16-bit PNGs) and the int32 range otherwise; floats are
-    taken as [0, 1] when they lie in it, else as [0, 255]."""
+    8-bit range when their values fit it (an 8-bit array stored as int32), else the 16-bit range when they fit it
+    (how PIL opens 16-bit PNGs), else the int32 range; floats are taken as [0, 1] when they lie in it, else as
+    [0, 255]."""
     values = np.asarray(image, dtype=np.float64)
     if image.mode == "F":
         finite = values[np.isfinite(values)]
         top = 1.0 if finite.size == 0 or (finite.min() >= 0 and finite.max() <= 1) else 255.0
-    elif image.mode == "I":
-        top = 65535.0 if values.min() >= 0 and values.max() <= 65535 else float(2**31 - 1)
+    elif image.mode == "I":  # how PIL holds 8-bit arrays (datasets stores ints as int32) and 16-bit PNGs alike
+        fits = values.min() >= 0
+        top = 255.0 if fits and values.max() <= 255 else 65535.0 if fits and values.max() <= 65535 else 2**31 - 1.0
     else:
         top = float(_HIGH_BIT_DEPTH[image.mode])
     values = np.nan_to_num(values, nan=0.0, posinf=top, neginf=0.0)

@@ -9,7 +9,6 @@ wrong column fails here with a message instead of deep inside a training step.
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -181,7 +180,7 @@ def _inside(path: Path, root: Path) -> bool:
 
 def _load_image_folder(split_dir: Path, domain: str, root: Path) -> datasets.Dataset:
     """Read `<class_name>/<image>` files; labels number the sorted class folders from 0. Symlinks that lead out of
-    `root` are skipped with a warning: a folder of images must not pull in files from elsewhere."""
+    `root` are refused: a folder of images must not pull in files from elsewhere (and embed them on conversion)."""
     outside = []
     class_dirs = []
     for candidate in sorted(p for p in split_dir.iterdir() if p.is_dir()):
@@ -197,10 +196,11 @@ def _load_image_folder(split_dir: Path, domain: str, root: Path) -> datasets.Dat
             rows["class_name"].append(class_dir.name)
             rows["superclass"].append(NO_SUPERCLASS)
             rows["domain"].append(domain)
-    if outside:
-        warnings.warn(
-            f"Skipped {len(outside)} symlink(s) leading out of {root}: {', '.join(map(str, outside[:5]))}.",
-            stacklevel=3,
+    if outside:  # refused, not skipped: a split silently missing images or classes is a wrong result too
+        raise ValueError(
+            f"{len(outside)} image or class-folder symlink(s) lead out of {root} (e.g. "
+            f"{', '.join(map(str, outside[:3]))}): nothing outside the source folder is read. Copy the files in, or "
+            "give the folder they live in as the source."
         )
     return datasets.Dataset.from_dict(rows, features=domain_features())
 
@@ -244,7 +244,7 @@ def validate_domain_split(
             f"{where}: column 'label' has type {label_dtype or label_feature!r}; labels must be integer class ids. "
             "Map names to ids first, e.g. dataset.class_encode_column('label')."
         )
-    if dataset.with_format("arrow").data.column("label").null_count:
+    if dataset.with_format("arrow")["label"].null_count:  # the rows of this view (after filter / select)
         raise ValueError(f"{where}: column 'label' has missing (null) values; every image needs a class id.")
     labels = column_as_numpy(dataset, "label")
     if labels.min() < 0:

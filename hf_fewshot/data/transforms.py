@@ -53,11 +53,12 @@ class EvalTransform:
         return _standardise(_to_unit_tensor([self._crop(image) for image in images]), self.mean, self.std)
 
     def _crop(self, image: Image.Image) -> Image.Image:
+        image = _rgb(image)  # first: EXIF may swap width and height
         width, height = image.size
         # The centre crop of a resized image, expressed as a box of the original: one resample.
         side = min(width, height) * self.size / round(self.size * self.resize_ratio)
         left, top = (width - side) / 2, (height - side) / 2
-        return _rgb(image).resize(
+        return image.resize(
             (self.size, self.size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
         )
 
@@ -84,10 +85,8 @@ class TrainTransform:
 
     def __call__(self, images: Sequence[Image.Image], rng: np.random.Generator) -> torch.Tensor:
         crops = []
-        for image in images:
-            crop = _rgb(image).resize(
-                (self.size, self.size), Image.Resampling.BILINEAR, box=self._crop_box(image.size, rng)
-            )
+        for image in map(_rgb, images):  # before the crop box: EXIF may swap width and height
+            crop = image.resize((self.size, self.size), Image.Resampling.BILINEAR, box=self._crop_box(image.size, rng))
             if rng.uniform() < self.flip_probability:
                 crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
             crops.append(crop)

@@ -200,6 +200,7 @@ _PRETRAINED_CONFIG_KEYS = {
     "auto_map", "model_type", "transformers_version", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash",
     "output_attentions", "attn_implementation", "experts_implementation", "num_labels", "per_layer_config",
     "_attn_implementation_internal", "_experts_implementation_internal", "use_cache",  # the Trainer sets use_cache
+    "quantization_config", "fusion_config",  # set (and saved) by from_pretrained when given
 }  # fmt: skip
 
 

@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 import torch
+from accelerate import PartialState
 from safetensors import SafetensorError, safe_open
 from transformers import PreTrainedModel
 
@@ -50,33 +51,54 @@ def save_pretrained_atomically(model: PreTrainedModel, folder: str | os.PathLike
 
 def run_is_finished(folder: str | os.PathLike, settings: Mapping) -> bool:
     """Whether `folder` (e.g. `{output_dir}/model`) holds the final save of a finished run with these `settings`:
-    then a rerun reuses it instead of training again. A finished run with other settings is an error (naming them),
-    never silently reused or overwritten. Otherwise the settings are recorded beside the folder for the next rerun,
-    and the staging folders of an interrupted save are removed."""
+    then a rerun reuses it instead of training again.
+
+    The settings are recorded beside the folder (`run_settings.json`) when a run starts. A rerun with other settings
+    into a folder that already holds its checkpoints or final save is an error naming them: it is never resumed,
+    reused or overwritten with a mixture of the two. The main process also repairs an interrupted final save (a
+    crash between the swap's renames) and removes its staging folders; the other processes wait for it."""
     folder = Path(folder)
     record = folder.parent / "run_settings.json"
     settings = json.loads(json.dumps(dict(settings)))  # as the record will read back
+    state = PartialState()
+    if state.is_main_process:
+        _repair_interrupted_save(folder)
+    state.wait_for_everyone()
+    started = (folder / "config.json").is_file() or any(folder.parent.glob("checkpoint-*"))
+    if record.is_file():
+        recorded = json.loads(record.read_text())
+        changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
+        if changed and started:
+            raise ValueError(
+                f"{folder.parent} holds a run with other settings ({', '.join(changed)}); give another output_dir, "
+                "or delete it to train again."
+            )
+    if (folder / "config.json").is_file():
+        return True
+    if state.is_main_process:
+        write_atomically(record, json.dumps(settings, indent=1) + "\n")
+    state.wait_for_everyone()
+    return False
+
+
+def _repair_interrupted_save(folder: Path) -> None:
+    """Undo what a crash inside `save_pretrained_atomically` left: put the previous save back if the new one never
+    arrived, and remove the staging folders."""
     previous = folder.with_name(f".{folder.name}-previous")
-    if previous.is_dir() and not folder.exists():  # a crash between the swap's renames: the old save is whole
+    if previous.is_dir() and not folder.exists():
         previous.rename(folder)
     for staging in folder.parent.glob(f".{folder.name}-*"):
         if staging.is_dir() and staging != previous:
-            shutil.rmtree(staging, ignore_errors=True)  # another process of the run may be removing it too
-    if (folder / "config.json").is_file() and record.is_file():
-        recorded = json.loads(record.read_text())
-        changed = sorted(k for k in settings.keys() | recorded.keys() if settings.get(k) != recorded.get(k))
-        if changed:
-            raise ValueError(
-                f"{folder.parent} holds a finished run with other settings ({', '.join(changed)}); give another "
-                "output_dir, or delete it to train again."
-            )
-        return True
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(prefix=f".{record.name}-", dir=folder.parent)  # one per process
+            shutil.rmtree(staging, ignore_errors=True)
+
+
+def write_atomically(path: Path, text: str) -> None:
+    """Write a whole file or nothing (a temporary sibling renamed into place)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
     with os.fdopen(descriptor, "w") as file:
-        file.write(json.dumps(settings, indent=1) + "\n")
-    os.replace(staging, record)
-    return False
+        file.write(text)
+    os.replace(staging, path)
 
 
 def check_finite_weights(model: torch.nn.Module, context: str) -> None:

@@ -36,7 +36,10 @@ def parse_recipe_arguments(
     if unknown:
         raise ValueError(f"Unknown argument(s) {unknown}; see --help for the accepted names.")
     parser = HfArgumentParser(dataclass_types)
-    actions = {action.dest: action for action in parser._actions}
+    actions = {}
+    for action in parser._actions:  # a bool field also has an untyped `--no_x` action with the same dest
+        if action.dest not in actions or actions[action.dest].type is None:
+            actions[action.dest] = action
     parser.set_defaults(**{name: _as_flag_value(actions[name], value) for name, value in values.items()})
     for action in parser._actions:  # a required field given by the defaults or the YAML file is no longer missing
         if action.dest in values:

@@ -3,6 +3,7 @@
 
 import contextlib
 import copy
+import math
 import time
 import warnings
 from collections import defaultdict
@@ -99,14 +100,23 @@ class SAMTrainer(Trainer):
         take one more step (checkpoint-400 → checkpoint-401, rewriting the model and the log). The final weights
         (the best checkpoint's with `load_best_model_at_end`) and the state are reloaded instead."""
         checkpoint = resume_from_checkpoint
-        if checkpoint is True:
+        if checkpoint is True:  # the last *complete* checkpoint (the stock lookup takes the newest folder)
             checkpoint = last_complete_checkpoint(self.args.output_dir)
         state = _final_state(checkpoint, self.args) if checkpoint else None
         if state is None:
-            return super().train(resume_from_checkpoint=resume_from_checkpoint, **kwargs)
+            return super().train(resume_from_checkpoint=checkpoint or resume_from_checkpoint, **kwargs)
         self._load_from_checkpoint(checkpoint)
+        state.is_local_process_zero, state.is_world_process_zero = (
+            self.is_local_process_zero(),
+            self.is_world_process_zero(),
+        )
         self.state = state
         if self.args.load_best_model_at_end and state.best_model_checkpoint:
+            if not Path(state.best_model_checkpoint).is_dir():
+                raise FileNotFoundError(
+                    f"The finished run's best checkpoint {state.best_model_checkpoint} is gone; restore it, or resume "
+                    "without load_best_model_at_end."
+                )
             self._load_best_model()
         losses = [entry["train_loss"] for entry in state.log_history if "train_loss" in entry]
         return TrainOutput(state.global_step, losses[-1] if losses else float("nan"), {})
@@ -191,7 +201,10 @@ def _final_state(checkpoint: str, args: FewShotTrainingArguments) -> TrainerStat
     (a run extended with a larger `max_steps` goes on training)."""
     state = TrainerState.load_from_json(str(Path(checkpoint) / "trainer_state.json"))
     finished = state.max_steps > 0 and state.global_step >= state.max_steps
-    return state if finished and args.max_steps in (-1, 0, state.max_steps) else None
+    same_length = args.max_steps == state.max_steps if args.max_steps > 0 else (
+        state.num_train_epochs == math.ceil(args.num_train_epochs)
+    )  # fmt: skip
+    return state if finished and same_length else None
 
 
 def _empty_sam_logs() -> dict[str, float]:
