@@ -45,6 +45,7 @@ from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
 from hf_fewshot.diagnostics import smat_diagnostics
 from hf_fewshot.evaluation import EvaluationResults, paired_difference
 from hf_fewshot.models import load_fewshot_model
+from hf_fewshot.training.checkpoints import write_atomically
 from hf_fewshot.training.cli import parse_recipe_arguments
 from hf_fewshot.viz import (
     expert_density_by_layer_type,
@@ -187,7 +188,7 @@ class Study:
                     f"{self.root} holds a study run with other settings ({', '.join(changed)}); resume it with the "
                     "same flags, or give another --output_dir."
                 )
-        write_atomically(path, json.dumps(settings, indent=1))
+        write_atomically(path, json.dumps(settings, indent=1) + "\n")
 
     def timed(self, name: str, run: Callable[[], object]) -> None:
         """Run a stage unless a previous run finished it; record its wall time."""
@@ -196,7 +197,7 @@ class Study:
         start = time.perf_counter()
         run()
         self.timings[name] = time.perf_counter() - start
-        write_atomically(self.timings_path, json.dumps(self.timings, indent=1))
+        write_atomically(self.timings_path, json.dumps(self.timings, indent=1) + "\n")
 
     def backbone(self, name: str) -> Path:
         return self.root / "backbones" / name / "backbone"
@@ -288,7 +289,7 @@ class Study:
                     model.choices.clear()
             results = EvaluationResults(tuple(domains))
             record = {"results": results.to_json_dict(), "seconds": time.perf_counter() - start, "choices": choices}
-            write_atomically(path, json.dumps(record))
+            write_atomically(path, json.dumps(record) + "\n")
         return EvaluationResults.from_json_dict(self.cell_record(name)["results"])
 
     def finetune_learning_rate(self, mode: str) -> float:
@@ -305,7 +306,7 @@ class Study:
                     seed=self.args.seed, finetune=finetune, **self.episodes,
                 )  # fmt: skip
                 scores[rate] = results.id_average
-            write_atomically(path, json.dumps({str(rate): score for rate, score in scores.items()}))
+            write_atomically(path, json.dumps({str(rate): score for rate, score in scores.items()}) + "\n")
         scores = {float(rate): score for rate, score in json.loads(path.read_text()).items()}
         return max(scores, key=lambda rate: (scores[rate], -rate))
 
@@ -356,16 +357,8 @@ class Study:
                 max_support=self.args.max_support, progress=False,
             )  # fmt: skip
             weights = {domain.domain: [list(w) for w in domain.expert_weights] for domain in results.domains}
-            write_atomically(path, json.dumps(weights))
+            write_atomically(path, json.dumps(weights) + "\n")
         return {domain: np.asarray(w) for domain, w in json.loads(path.read_text()).items()}
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a whole file or nothing: an interrupted study never leaves a truncated result behind."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    staging = path.with_name(f".{path.name}.tmp")
-    staging.write_text(text + "\n")
-    os.replace(staging, path)
 
 
 # ------------------------------------------------------------------------------------------------ the report
@@ -460,7 +453,7 @@ def write_report(study: Study, results: Mapping[str, EvaluationResults]) -> Path
         commands_section(study),
     ]
     path = report / "README.md"
-    write_atomically(path, "\n\n".join(sections))
+    write_atomically(path, "\n\n".join(sections) + "\n")
     assert all(plot.exists() for plot in plots.values())
     return path
 
