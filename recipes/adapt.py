@@ -18,12 +18,10 @@ from pathlib import Path
 import datasets
 import meta_tune
 import torch
-from transformers import BitImageProcessor
-from transformers.image_utils import PILImageResampling
 
 from hf_fewshot.adaptation import choose_learning_rate, finetune_on_support
 from hf_fewshot.data.episodes import decode_image
-from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, EvalTransform
+from hf_fewshot.data.transforms import EvalTransform
 from hf_fewshot.hub import adapter_card, push_model_folder
 from hf_fewshot.models import load_fewshot_model
 from hf_fewshot.training.cli import parse_recipe_arguments
@@ -78,14 +76,7 @@ def run(args: AdaptArguments) -> Path:
     task = finetune_on_support(model, support, labels, args.mode, task_learning_rate, args.steps, seed=args.seed)
     output = Path(args.output_dir)
     classifier = task.to_image_classifier(id2label)
-    # The processor repeats EvalTransform: shorter side to size·146/128, centre crop, ImageNet statistics.
-    processor = BitImageProcessor(
-        size={"shortest_edge": round(size * 146 / 128)},
-        crop_size={"height": size, "width": size},
-        resample=PILImageResampling.BILINEAR,
-        image_mean=list(IMAGENET_MEAN),
-        image_std=list(IMAGENET_STD),
-    )
+    processor = EvalTransform(size).to_image_processor()  # the same pixels as the support set's
     classifier.save_pretrained(output / "classifier")
     processor.save_pretrained(output / "classifier")
     if args.mode == "lora":

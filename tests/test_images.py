@@ -59,3 +59,20 @@ def test_transforms_decode_non_rgb_images_the_same_way():
         [Image.new("RGBA", (4, 4), (9, 9, 9, 0))]
     )
     assert np.allclose(pixels.numpy(), 1.0)
+
+
+@pytest.mark.parametrize("size", [16, 32, 128])
+def test_eval_transform_gives_the_pixels_of_its_transformers_processor(size):
+    rng = np.random.default_rng(size)
+    shapes = [(size, size), (37, 53), (211, 97), (9, 300), (round(size * 146 / 128),) * 2, (size + 1, size)]
+    images = [Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)) for h, w in shapes]
+    transform = EvalTransform(size)
+    expected = transform.to_image_processor()(images, return_tensors="pt")["pixel_values"]
+    assert (transform(images) - expected).abs().max() <= 1e-5
+
+
+def test_eval_transform_refuses_sizes_it_cannot_crop():
+    with pytest.raises(ValueError, match="positive number of pixels"):
+        EvalTransform(0)
+    with pytest.raises(ValueError, match="resize_ratio must be ≥ 1"):
+        EvalTransform(32, resize_ratio=0.5)

@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import tiny_vit_config
 from huggingface_hub import ModelCard
-from transformers import AutoConfig, AutoModel, pipeline
+from PIL import Image
+from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 from hf_fewshot import FewShotTrainingArguments, SmatModel, load_domain
+from hf_fewshot.data import EvalTransform
 from hf_fewshot.training.cli import parse_recipe_arguments
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -127,6 +129,20 @@ def test_adapt_exports_a_pipeline_ready_classifier_and_a_lora_adapter(tmp_path, 
     image = next(image_folder.glob("class_*/*.png"))
     predictions = classifier(str(image), top_k=3)
     assert {p["label"] for p in predictions} == {d.name for d in image_folder.iterdir()}
+
+    # Images of any size: the saved processor gives the library's pixels, so the pipeline's answer is the
+    # few-shot prediction (the classifier's logits are the prototype logits times |f(x)|).
+    size = classifier.model.config.image_size
+    odd_sizes = [(37, 53), (90, 41), (size + 3, size + 1), (200, 200)]
+    paths = sorted(image_folder.glob("*/*.png"))[: len(odd_sizes)]
+    images = [Image.open(path).convert("RGB").resize(shape) for path, shape in zip(paths, odd_sizes, strict=True)]
+    processor = AutoImageProcessor.from_pretrained(output / "classifier")
+    library_pixels = EvalTransform(size)(images)
+    assert (processor(images, return_tensors="pt")["pixel_values"] - library_pixels).abs().max() <= 1e-3
+    with torch.no_grad():
+        few_shot = classifier.model(pixel_values=library_pixels).logits.argmax(-1)
+    labels = [classifier(image, top_k=1)[0]["label"] for image in images]
+    assert labels == [classifier.model.config.id2label[int(c)] for c in few_shot]
 
     config = AutoConfig.from_pretrained(output / "classifier")
     assert config.architectures == ["ViTForImageClassification"] and config.num_labels == 3

@@ -1,18 +1,23 @@
-"""Image transforms of SMAT.md §6 / PMF_AND_EVAL.md §1 with PIL and torch only (no torchvision).
+"""Image transforms (docs/data.md, "Image transforms") with PIL and torch only (no torchvision).
 
 A transform takes the decoded images of one episode and a numpy `Generator` (seeded by the episode)
-and returns one normalised float tensor `(n, 3, size, size)`. Cropping and resizing happen in a
-single PIL `resize(box=...)` call per image; colour jitter runs once on the stacked batch.
+and returns one normalised float tensor `(n, 3, size, size)`. Training crops resize once, with a PIL
+`resize(box=...)` call per image; colour jitter runs once on the stacked batch. Evaluation repeats the
+stock transformers image processor step by step (`EvalTransform.to_image_processor`), so a saved model's
+processor and the library give the same pixels (docs/data.md, "Image transforms").
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 from PIL import Image
+from transformers import BitImageProcessorPil
+from transformers.image_utils import PILImageResampling
 
 from .images import to_rgb
 
@@ -38,7 +43,12 @@ def _standardise(pixels: torch.Tensor, mean: Sequence[float], std: Sequence[floa
 
 
 class EvalTransform:
-    """Resize the shorter side to `size · resize_ratio`, centre-crop `size` (146 → 128 at 128 px), normalise."""
+    """Resize the shorter side to `round(size · resize_ratio)`, centre-crop `size` (146 → 128 at 128 px), normalise.
+
+    These are the steps of transformers' `BitImageProcessor` (PIL backend) with the same settings, done
+    the same way: a bilinear resize whose longer side is truncated, then an integer-offset centre crop of
+    the 8-bit result. `to_image_processor()` returns that processor, which every saved model carries.
+    """
 
     def __init__(
         self,
@@ -47,7 +57,12 @@ class EvalTransform:
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
-        self.size, self.resize_ratio, self.mean, self.std = size, resize_ratio, mean, std
+        if isinstance(size, bool) or not (isinstance(size, numbers.Integral) and size > 0):
+            raise ValueError(f"size must be a positive number of pixels, got {size!r}.")
+        if not (math.isfinite(resize_ratio) and resize_ratio >= 1):
+            raise ValueError(f"resize_ratio must be ≥ 1 (the crop lies inside the resized image), got {resize_ratio}.")
+        self.size, self.resize_ratio, self.mean, self.std = int(size), resize_ratio, mean, std
+        self.shortest_edge = round(self.size * resize_ratio)
 
     def __call__(self, images: Sequence[Image.Image], rng: np.random.Generator | None = None) -> torch.Tensor:
         return _standardise(_to_unit_tensor([self._crop(image) for image in images]), self.mean, self.std)
@@ -55,11 +70,22 @@ class EvalTransform:
     def _crop(self, image: Image.Image) -> Image.Image:
         image = _rgb(image)  # first: EXIF may swap width and height
         width, height = image.size
-        # The centre crop of a resized image, expressed as a box of the original: one resample.
-        side = min(width, height) * self.size / round(self.size * self.resize_ratio)
-        left, top = (width - side) / 2, (height - side) / 2
-        return image.resize(
-            (self.size, self.size), Image.Resampling.BILINEAR, box=(left, top, left + side, top + side)
+        if width <= height:
+            resized = (self.shortest_edge, int(self.shortest_edge * height / width))
+        else:
+            resized = (int(self.shortest_edge * width / height), self.shortest_edge)
+        image = image.resize(resized, Image.Resampling.BILINEAR)
+        left, top = (resized[0] - self.size) // 2, (resized[1] - self.size) // 2
+        return image.crop((left, top, left + self.size, top + self.size))
+
+    def to_image_processor(self) -> BitImageProcessorPil:
+        """The transformers image processor that computes these pixels (saved beside every model)."""
+        return BitImageProcessorPil(
+            size={"shortest_edge": self.shortest_edge},
+            crop_size={"height": self.size, "width": self.size},
+            resample=PILImageResampling.BILINEAR,
+            image_mean=list(self.mean),
+            image_std=list(self.std),
         )
 
 
