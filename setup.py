@@ -15,13 +15,20 @@ setup(
     packages=[*find_packages(include=["hf_fewshot", "hf_fewshot.*"]), "hf_fewshot.model_cards"],
     # The card templates live in the top-level model_cards/ folder and install as hf_fewshot.model_cards.
     package_dir={"hf_fewshot.model_cards": "model_cards"},
-    package_data={"hf_fewshot.data": ["minimeta_data/*", "minimeta_data/*/*"], "hf_fewshot.model_cards": ["*.md"]},
+    # The evaluate metric is loaded from its folder (`evaluate.load(hf_fewshot.evaluation.EPISODIC_ACCURACY)`): its
+    # script, the interval.py it imports, and its metric card.
+    package_data={
+        "hf_fewshot.data": ["minimeta_data/*", "minimeta_data/*/*"],
+        "hf_fewshot.model_cards": ["*.md"],
+        "hf_fewshot.metrics.episodic_accuracy": ["*.py", "README.md"],
+    },
     install_requires=[
         "torch>=2.4",
         "transformers>=5.0",
         "datasets>=3.0",
         "accelerate>=1.0",
         "peft>=0.14",
+        "evaluate>=0.4",
         "huggingface_hub>=1.0",
         "safetensors>=0.4",
         "numpy>=1.26",
@@ -36,6 +43,13 @@ setup(
         "minimeta": ["fonttools>=4.40", "scikit-learn>=1.3"],
         # Converting the official Meta-Dataset TFRecords (CRC-32C checksums of every record).
         "metadataset": ["google-crc32c>=1.5"],
-        "dev": ["pytest>=8.0", "ruff>=0.6", "fonttools>=4.40", "scikit-learn>=1.3", "google-crc32c>=1.5"],
+        "dev": [
+            "pytest>=8.0",
+            "ruff>=0.6",
+            "tensorboard>=2.10",
+            "fonttools>=4.40",
+            "scikit-learn>=1.3",
+            "google-crc32c>=1.5",
+        ],
     },
 )

@@ -5,6 +5,8 @@ from hf_fewshot.data import EpisodeCollator, EpisodeSampler, load_domain
 from hf_fewshot.diagnostics import SmatDiagnostics, smat_diagnostics
 from hf_fewshot.evaluation import evaluate_episodes
 from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
+from hf_fewshot.models.image_processing import open_images
+from hf_fewshot.pipelines import FewShotImageClassificationPipeline
 from hf_fewshot.training import EpisodicTrainer, FewShotTrainingArguments, SAMTrainer
 
 __version__ = "0.1.0.dev0"
@@ -13,6 +15,7 @@ __all__ = [
     "EpisodeCollator",
     "EpisodeSampler",
     "EpisodicTrainer",
+    "FewShotImageClassificationPipeline",
     "FewShotTrainingArguments",
     "ProtoNetConfig",
     "ProtoNetModel",
@@ -23,5 +26,6 @@ __all__ = [
     "evaluate_episodes",
     "finetune_on_support",
     "load_domain",
+    "open_images",
     "smat_diagnostics",
 ]

@@ -100,7 +100,7 @@ def finetune_on_support(
     seed: int = 0,
 ) -> FewShotTask:
     """Adapt to one task and return it as a `FewShotTask` (its `backbone` is a fine-tuned copy, or a PEFT model
-    holding the task's LoRA adapter: `task.backbone.save_pretrained(folder)` saves the adapter alone).
+    holding the task's LoRA adapter: `task.save_adapter(folder)` saves it with the weights it was trained on).
 
     `model`: a `ProtoNetModel`, a `SmatModel` (fine-tuned after routing and merging), a prepared `FewShotTask`, or
     a plain HF backbone. Each of `steps` AdamW steps takes prototypes from the clean support images (as fixed
@@ -125,6 +125,9 @@ def finetune_on_support(
         with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from `seed`, not the global RNG
             torch.manual_seed(seed)
             backbone = get_peft_model(backbone, config)
+        # The adapter sits on this task's own copy (for SMAT: its merged experts), not on the checkpoint the copy's
+        # config names: record no base rather than a wrong one. `FewShotTask.save_adapter` saves the two together.
+        backbone.peft_config["default"].base_model_name_or_path = None
         learning_rate = 10 * learning_rate
     else:
         backbone.requires_grad_(True)

@@ -2,6 +2,9 @@
 
 The episodes of a domain are a pure function of the seed, so two models evaluated with the same seed
 see the same tasks, and the same tasks come out on every machine. Accuracies are percentages.
+
+The mean ± 95% CI is the shipped `evaluate` metric's (`EPISODIC_ACCURACY`, docs/evaluation.md): both go through
+`hf_fewshot/metrics/episodic_accuracy/interval.py`, the one home of the formula.
 """
 
 from __future__ import annotations
@@ -9,6 +12,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, NamedTuple
 
 import datasets
@@ -21,6 +25,7 @@ from hf_fewshot.adaptation import finetune_on_support
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, episode_loader
 from hf_fewshot.data.metadataset import column_as_numpy
 from hf_fewshot.data.transforms import EvalTransform
+from hf_fewshot.metrics.episodic_accuracy.interval import T_INTERVAL_BELOW, mean_and_interval
 from hf_fewshot.models.prototypes import eval_mode
 
 
@@ -41,12 +46,30 @@ class DomainAccuracy:
         return f"{self.mean:.2f} ± {self.ci95:.2f}"
 
 
+#: The shipped `evaluate` metric (mean per-episode accuracy ± 95% CI): `evaluate.load(EPISODIC_ACCURACY)` loads it
+#: offline, from this folder; `load_episodic_accuracy()` does the same.
+EPISODIC_ACCURACY = str(Path(__file__).resolve().parent / "metrics" / "episodic_accuracy")
+
+
+def load_episodic_accuracy(**load_kwargs: Any):
+    """`evaluate.load(EPISODIC_ACCURACY, **load_kwargs)`: the `episodic_accuracy` metric (an `evaluate.Metric` whose
+    `compute(accuracy=[...])` gives `{"accuracy", "ci95", "num_episodes"}`, as `mean_and_ci95` computes them). It
+    reads only local files, so it works offline. `evaluate` is imported here, not when hf_fewshot is."""
+    try:
+        import evaluate
+    except ImportError as error:
+        raise ImportError("The episodic_accuracy metric needs the `evaluate` package: pip install evaluate") from error
+    return evaluate.load(EPISODIC_ACCURACY, **load_kwargs)
+
+
 def mean_and_ci95(accuracies: Iterable[float]) -> tuple[float, float]:
-    """Mean and 95% confidence half-width `1.96 · std / √N` (population std, as Meta-Dataset reports)."""
-    values = np.asarray(list(accuracies), dtype=np.float64)
-    if values.size == 0:
-        raise ValueError("No accuracies to average.")
-    return float(values.mean()), float(1.96 * values.std() / math.sqrt(values.size))
+    """Mean and 95% confidence half-width, as the `episodic_accuracy` metric computes them (its `interval.py`).
+
+    From `T_INTERVAL_BELOW` (30) episodes on, `1.96 · σ / √N` (population std, as Meta-Dataset reports); below, the
+    Student-t interval `t(0.975, N − 1) · s / √N` (sample std). One episode gives NaN with a `RuntimeWarning`, no
+    episodes a `ValueError`.
+    """
+    return mean_and_interval(accuracies)
 
 
 def average_ci95(half_widths: Iterable[float]) -> float:
@@ -293,12 +316,15 @@ def evaluate_episodes(
 
 
 __all__ = [
+    "EPISODIC_ACCURACY",
+    "T_INTERVAL_BELOW",
     "DomainAccuracy",
     "average_ci95",
     "EvaluationResults",
     "EpisodeMetrics",
     "episode_metrics",
     "evaluate_episodes",
+    "load_episodic_accuracy",
     "mean_and_ci95",
     "paired_difference",
     "results_table",

@@ -10,7 +10,6 @@ Writes `{output_dir}/classifier` (model + image processor) and, for LoRA, `{outp
 adapter was trained on, with the PEFT adapter in `adapter/lora`).
 """
 
-import copy
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,7 +21,7 @@ import torch
 from hf_fewshot.adaptation import choose_learning_rate, finetune_on_support
 from hf_fewshot.data.episodes import decode_image
 from hf_fewshot.data.transforms import EvalTransform
-from hf_fewshot.hub import adapter_card, push_model_folder
+from hf_fewshot.hub import adapter_card, push_adapter_folder, push_model_folder
 from hf_fewshot.models import load_fewshot_model
 from hf_fewshot.training.cli import parse_recipe_arguments
 
@@ -75,19 +74,15 @@ def run(args: AdaptArguments) -> Path:
         print(f"Learning rate chosen on the images themselves: {task_learning_rate}")
     task = finetune_on_support(model, support, labels, args.mode, task_learning_rate, args.steps, seed=args.seed)
     output = Path(args.output_dir)
-    classifier = task.to_image_classifier(id2label)
-    processor = EvalTransform(size).to_image_processor()  # the same pixels as the support set's
-    classifier.save_pretrained(output / "classifier")
-    processor.save_pretrained(output / "classifier")
+    task.save_image_classifier(output / "classifier", id2label)  # with its processor: pipeline-ready
     if args.mode == "lora":
         # The adapter only makes sense on the weights it was trained on (for SMAT, the experts merged for these
         # images), so they travel with it: the base backbone at the folder's root, the PEFT adapter in lora/.
-        copy.deepcopy(task.backbone).unload().save_pretrained(output / "adapter")
-        task.backbone.save_pretrained(output / "adapter" / "lora")
+        task.save_adapter(output / "adapter")
         adapter_card(
             f"{args.hub_repo_id}-lora" if args.hub_repo_id else "adapter",
             args.model,
-            model.config.backbone_name_or_path or args.model,
+            model.config.backbone_name_or_path,
             id2label,
             learning_rate=task_learning_rate,
             steps=args.steps,
@@ -98,7 +93,7 @@ def run(args: AdaptArguments) -> Path:
     if args.hub_repo_id:
         push_model_folder(output / "classifier", args.hub_repo_id)
         if args.mode == "lora":
-            push_model_folder(output / "adapter", f"{args.hub_repo_id}-lora")
+            push_adapter_folder(output / "adapter", f"{args.hub_repo_id}-lora")
         print(f"Pushed to {args.hub_repo_id}" + (f" and {args.hub_repo_id}-lora" if args.mode == "lora" else ""))
     return output
 

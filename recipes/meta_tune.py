@@ -32,7 +32,7 @@ from hf_fewshot import (
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
 from hf_fewshot.diagnostics import SmatDiagnostics, smat_diagnostics
 from hf_fewshot.evaluation import results_table
-from hf_fewshot.hub import fewshot_model_card, push_model_folder
+from hf_fewshot.hub import finished_model_repo, push_model_folder
 from hf_fewshot.models import from_pretrained_strictly
 from hf_fewshot.models.configuration_smat import router_tau_decay_for
 from hf_fewshot.training.checkpoints import last_complete_checkpoint, run_is_finished, save_pretrained_atomically
@@ -69,7 +69,10 @@ class MetaTuneArguments:
     test_episodes: int = field(
         default=100, metadata={"help": "Test episodes per domain (600 in the papers); 0 skips the final evaluation."}
     )
-    hub_repo_id: str | None = field(default=None, metadata={"help": "Push the model, its card and plots here."})
+    hub_repo_id: str | None = field(
+        default=None,
+        metadata={"help": "Push the finished model, its card and plots here (or: --push_to_hub true --hub_model_id)."},
+    )
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -134,6 +137,7 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
                 f"({tasks} tasks): τ_r reaches its minimum after 36% of them, as in the paper."
             )
     args.model_config = model_config
+    args.hub_repo_id = finished_model_repo(args.hub_repo_id, training_args)
     output_dir, is_main = Path(training_args.output_dir), PartialState().is_main_process
     settings = {**recipe_settings(args), **training_args.run_settings()}
     finished = run_is_finished(output_dir / "model", settings)
@@ -154,6 +158,7 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
         return table
     if args.test_episodes == 0:  # evaluated elsewhere (e.g. by reproduce_minimeta.py on its own episodes)
         write_card(model, args, training_args, {})
+        push_finished_model(output_dir / "model", args.hub_repo_id)
         return ""
 
     test = {domain: load_domain(args.data_source, domain, "test") for domain in args.test_domains}
@@ -171,7 +176,9 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     }
     table = results_table(results)
     print(f"\nTest accuracy (%), {args.test_episodes} episodes per domain, mean ± 95% CI:\n\n{table}\n")
-    summary = {name: result.to_dict() for name, result in results.items()}
+    # Flat metrics for a glance, and every episode (`domains`) so that `EvaluationResults.from_json_dict` and the card
+    # can be rebuilt from the file.
+    summary = {name: {**result.to_dict(), **result.to_json_dict()} for name, result in results.items()}
     diagnostics = None
     if args.method == "smat":
         routing = {domain.domain: domain.expert_weights for domain in results[args.method].domains}
@@ -182,9 +189,13 @@ def run(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str
     (output_dir / "results.md").write_text(table + "\n")
     summary["evaluation_settings"] = evaluation
     (output_dir / "results.json").write_text(json.dumps(summary, indent=2) + "\n")  # last: marks the run evaluated
-    if args.hub_repo_id:
-        print(f"Pushed: {push_model_folder(output_dir / 'model', args.hub_repo_id)}")
+    push_finished_model(output_dir / "model", args.hub_repo_id)
     return table
+
+
+def push_finished_model(folder: Path, repo_id: str | None) -> None:
+    if repo_id:
+        print(f"Pushed: {push_model_folder(folder, repo_id)}")
 
 
 def train(args: MetaTuneArguments, training_args: FewShotTrainingArguments):
@@ -198,12 +209,14 @@ def train(args: MetaTuneArguments, training_args: FewShotTrainingArguments):
     trainer = EpisodicTrainer(model, training_args, train_dataset=splits["train"], eval_dataset=splits["validation"])
     if trainer.is_world_process_zero():
         print(f"Meta-tuning {args.method} from {args.backbone}, processes: {training_args.world_size}")
-    trainer.train(resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir))
+    train_output = trainer.train(resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir))
     output_dir = Path(training_args.output_dir)
+    trainer.save_metrics("train", train_output.metrics)  # train_results.json / all_results.json, the Trainer's way
+    trainer.save_state()
     if trainer.is_world_process_zero():
         (output_dir / "log_history.json").write_text(json.dumps(trainer.state.log_history, indent=1) + "\n")
     if training_args.should_save:
-        save_pretrained_atomically(trainer.model, output_dir / "model")
+        save_pretrained_atomically(trainer.model, output_dir / "model", repo_id=card_name(args, training_args))
     PartialState().wait_for_everyone()
     return trainer.model
 
@@ -215,6 +228,11 @@ def recipe_settings(args: MetaTuneArguments) -> dict:
         for name, value in asdict(args).items()
         if name not in ("test_domains", "test_episodes", "hub_repo_id")
     }
+
+
+def card_name(args: MetaTuneArguments, training_args: FewShotTrainingArguments) -> str:
+    """The card's model name: the Hub repo when pushing, else the run's folder (`minimeta-smat`)."""
+    return args.hub_repo_id or Path(training_args.output_dir).resolve().name
 
 
 def meta_training_tasks(training_args: FewShotTrainingArguments) -> int:
@@ -246,17 +264,15 @@ def write_card(
         "model settings": json.dumps(args.model_config or {}),
         "SAM ρ": training_args.sam_rho,
     }
-    card = fewshot_model_card(
-        model,
-        args.hub_repo_id or folder.name,
-        results.get(args.method),
+    model.card_details.update(
+        results=results.get(args.method),
         dataset_id=args.data_source,
         protocol=training_args.episode_protocol,
         training=training,
         plots=[plot.name for plot in plots],
         diagnostics=diagnostics,
     )
-    card.save(folder / "README.md")
+    model.model_card(card_name(args, training_args)).save(folder / "README.md")
 
 
 def main(argv: list[str] | None = None) -> str:

@@ -17,6 +17,7 @@ from accelerate import PartialState
 from transformers import ViTConfig
 
 from hf_fewshot import FewShotTrainingArguments, load_domain
+from hf_fewshot.data import EvalTransform
 from hf_fewshot.data.minimeta import TRAIN_DOMAINS
 from hf_fewshot.training.checkpoints import last_complete_checkpoint, run_is_finished, save_pretrained_atomically
 from hf_fewshot.training.cli import parse_recipe_arguments
@@ -77,7 +78,8 @@ def run(args: PretrainArguments, training_args: FewShotTrainingArguments) -> Pat
         backbone, splits, training_args, resume_from_checkpoint=last_complete_checkpoint(training_args.output_dir)
     )
     if training_args.should_save:
-        save_pretrained_atomically(model, destination)
+        processor = EvalTransform(training_args.image_size).to_image_processor()  # AutoImageProcessor loads it
+        save_pretrained_atomically(model, destination, image_processor=processor)
         print(f"Backbone saved to {destination}")
     PartialState().wait_for_everyone()
     return destination

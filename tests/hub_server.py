@@ -271,7 +271,9 @@ class HubHandler(BaseHTTPRequestHandler):
         self._send_json({"url": url, "name": repo.repo_id, "id": repo.repo_id})
 
     def on_validate_yaml(self) -> None:
-        self._send_json({"errors": [], "warnings": []})
+        payload = self._json()
+        errors = card_metadata_errors(payload.get("content", ""), payload.get("repoType") or "model")
+        self._send_json({"errors": [{"message": e} for e in errors], "warnings": []}, 400 if errors else 200)
 
     def on_repo_info(self, kind: str, repo: str, rev: str = "main") -> None:
         found = self.server.repo(kind, repo)
@@ -365,6 +367,56 @@ class HubHandler(BaseHTTPRequestHandler):
             raise HubError(416, f"Range not satisfiable for a {entry.size}-byte file")
         headers["Content-Range"] = f"bytes {first}-{last}/{entry.size}"
         self._send(206, data[first : last + 1], headers, OCTET_STREAM)
+
+
+# The Hub's rules for a card's YAML front matter (huggingface.co/docs/hub/model-cards, "Model card metadata"), the
+# ones our cards touch: the Hub refuses a README that breaks them, and so does this server.
+REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
+LICENSES = {"apache-2.0", "mit", "bsd-3-clause", "cc-by-4.0", "cc-by-sa-4.0", "cc0-1.0", "openrail", "other"}
+
+
+def _repo_ids(value: Any, key: str) -> list[str]:
+    values = value if isinstance(value, list) else [value]
+    return [
+        f'"{key}" must be Hub repo ids, got {item!r}'
+        for item in values
+        if not (isinstance(item, str) and REPO_ID.match(item) and ".." not in item and "--" not in item)
+    ]
+
+
+def card_metadata_errors(content: str, repo_type: str = "model") -> list[str]:
+    """What the Hub would refuse in a README's metadata: unparsable YAML, repo ids that are not ids (a local path as
+    `base_model` or in `datasets`), an unknown license, a `model-index` entry without a name or its required fields."""
+    import yaml
+
+    match = re.match(r"^---\n(.*?)\n---\n", content, flags=re.S)
+    if not match:
+        return []  # no metadata: a warning on the Hub, not an error
+    try:
+        metadata = yaml.safe_load(match.group(1)) or {}
+    except yaml.YAMLError as error:
+        return [f"Invalid YAML: {error}"]
+    if not isinstance(metadata, dict):
+        return ["The metadata must be a mapping"]
+    errors = []
+    if "license" in metadata and metadata["license"] not in LICENSES:
+        errors.append(f'"license" must be a Hub license id, got {metadata["license"]!r}')
+    for key in ("base_model", "datasets"):
+        if key in metadata:
+            errors += _repo_ids(metadata[key], key)
+    for entry in metadata.get("model-index") or []:
+        if not (isinstance(entry, dict) and isinstance(entry.get("name"), str) and entry["name"]):
+            errors.append('"model-index" entries need a "name"')
+            continue
+        for result in entry.get("results") or []:
+            if not (result.get("task") or {}).get("type"):
+                errors.append('"model-index" results need "task.type"')
+            dataset = result.get("dataset") or {}
+            if not (dataset.get("type") and dataset.get("name")):
+                errors.append('"model-index" results need "dataset.type" and "dataset.name"')
+            if not result.get("metrics") or any("type" not in m or "value" not in m for m in result["metrics"]):
+                errors.append('"model-index" metrics need "type" and "value"')
+    return errors
 
 
 @contextmanager

@@ -137,7 +137,10 @@ def test_chained_optimizer_reports_each_groups_gradient_and_exact_update_size():
 def test_ci95_formula():
     mean, ci95 = mean_and_ci95([50.0, 100.0, 75.0, 75.0])
     assert mean == 75.0
-    assert math.isclose(ci95, 1.96 * np.std([50.0, 100.0, 75.0, 75.0]) / 2)
+    # below 30 episodes the Student-t interval: t(0.975, N − 1) · sample std / √N, t(0.975, 3) = 3.18244630528...
+    assert math.isclose(ci95, 3.1824463052837078 * np.std([50.0, 100.0, 75.0, 75.0], ddof=1) / 2)
+    many = [50.0, 100.0, 75.0, 75.0] * 10  # from 30 on, 1.96 · population std / √N (Meta-Dataset's)
+    assert math.isclose(mean_and_ci95(many)[1], 1.96 * np.std(many) / math.sqrt(40))
     with pytest.raises(ValueError, match="No accuracies"):
         mean_and_ci95([])
 

@@ -66,7 +66,7 @@ def test_paired_difference_compares_models_episode_by_episode():
     difference, ci95 = paired_difference(better, baseline, ["glyphs"])
     assert difference == pytest.approx(2.0) and ci95 == 0.0, "a constant gain is certain however hard the episodes"
     difference, ci95 = paired_difference(better, baseline)
-    digits_ci = 1.96 * np.std([0.0, 10.0, 0.0, 0.0]) / 2
+    digits_ci = 3.1824463052837078 * np.std([0.0, 10.0, 0.0, 0.0], ddof=1) / 2  # 4 episodes: t(0.975, 3) · s / √N
     assert difference == pytest.approx((2.0 + 2.5) / 2) and ci95 == pytest.approx(digits_ci / 2)
     with pytest.raises(ValueError, match="same episodes"):
         paired_difference(better.first_episodes(3), baseline)

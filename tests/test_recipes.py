@@ -20,7 +20,7 @@ RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 sys.path.insert(0, str(RECIPES))
 
 import adapt  # noqa: E402
-import evaluate  # noqa: E402
+import evaluate_fewshot  # noqa: E402
 import meta_tune  # noqa: E402
 import pretrain  # noqa: E402
 
@@ -161,7 +161,7 @@ def test_adapt_explains_unusable_image_folders(tmp_path, image_folder, tiny_smat
 
 
 def test_evaluate_puts_a_backbone_and_a_fewshot_model_in_one_table(tmp_path, pretrained_backbone, tiny_smat_folder):
-    table = evaluate.main(
+    table = evaluate_fewshot.main(
         ["--models", str(pretrained_backbone), "--domains", "digits", "--num_episodes", "2", "--max_ways", "5",
          "--output", str(tmp_path / "table.md")]
     )  # fmt: skip

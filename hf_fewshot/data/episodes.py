@@ -29,8 +29,7 @@ from PIL import Image
 
 from hf_fewshot.data.metadataset import column_as_numpy
 from hf_fewshot.data.schema import NO_SUPERCLASS
-
-from .images import to_rgb
+from hf_fewshot.models.image_processing import to_rgb
 
 PROTOCOLS = ("md", "fixed", "md_5shot")
 

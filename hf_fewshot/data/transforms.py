@@ -17,12 +17,14 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import BitImageProcessorPil
-from transformers.image_utils import PILImageResampling
 
-from .images import to_rgb
-
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
+from hf_fewshot.models.image_processing import (
+    EVAL_RESIZE_RATIO,
+    IMAGENET_MEAN,
+    IMAGENET_STD,
+    eval_image_processor,
+    to_rgb,
+)
 
 
 def _to_unit_tensor(images: Sequence[Image.Image]) -> torch.Tensor:
@@ -53,7 +55,7 @@ class EvalTransform:
     def __init__(
         self,
         size: int,
-        resize_ratio: float = 146 / 128,
+        resize_ratio: float = EVAL_RESIZE_RATIO,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ) -> None:
@@ -80,13 +82,7 @@ class EvalTransform:
 
     def to_image_processor(self) -> BitImageProcessorPil:
         """The transformers image processor that computes these pixels (saved beside every model)."""
-        return BitImageProcessorPil(
-            size={"shortest_edge": self.shortest_edge},
-            crop_size={"height": self.size, "width": self.size},
-            resample=PILImageResampling.BILINEAR,
-            image_mean=list(self.mean),
-            image_std=list(self.std),
-        )
+        return eval_image_processor(self.size, self.resize_ratio, self.mean, self.std)
 
 
 class TrainTransform:

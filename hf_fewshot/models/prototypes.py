@@ -2,27 +2,43 @@
 
 `logits = scale · (cos(f(x), p_c) + bias)` where `p_c` is the mean support feature of class c (no
 normalisation before averaging, as P>M>F). This file is copied next to the modeling files when a model
-is saved with remote code, so it imports nothing from `hf_fewshot`.
+is saved with remote code, so it imports nothing from `hf_fewshot` (the card, written where the library is
+installed, is imported lazily).
 """
 
 import copy
 import dataclasses
 import difflib
 import numbers
+import os
+import tempfile
 import types
 import typing
-from collections.abc import Iterator
+from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import HfApi
+from PIL import Image
 from torch import nn
-from transformers import AutoConfig, AutoModel, PreTrainedConfig, PreTrainedModel, ViTForImageClassification
+from transformers import (
+    AutoConfig,
+    AutoModel,
+    BitImageProcessorPil,
+    ImageClassificationPipeline,
+    PreTrainedConfig,
+    PreTrainedModel,
+    ViTForImageClassification,
+)
 from transformers import initialization as init
 from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
+
+from .image_processing import eval_image_processor, open_images
 
 
 def check_episode(
@@ -78,6 +94,20 @@ def check_episode(
             if len(query_labels) and (int(query_labels.min()) < 0 or int(query_labels.max()) >= n_way):
                 raise ValueError(f"query_labels must lie in 0..{n_way - 1} (the support set's classes).")
     return n_way
+
+
+def encode_support_labels(support_labels: Sequence[Hashable], num_images: int) -> tuple[list[Hashable], list[int]]:
+    """The classes of a raw support set (its labels sorted: names or ids) and each image's episode id 0..n_way-1."""
+    if num_images != len(support_labels):
+        raise ValueError(f"{num_images} support images but {len(support_labels)} labels: one label each.")
+    try:
+        classes = sorted(set(support_labels))
+    except TypeError:
+        raise ValueError("support_labels must all be names or all be integer ids, not a mixture.") from None
+    if len(classes) < 2:
+        raise ValueError(f"The support images show {len(classes)} class(es); a few-shot task needs at least 2.")
+    index = {label: i for i, label in enumerate(classes)}
+    return classes, [index[label] for label in support_labels]
 
 
 def _check_labels(name: str, labels: torch.Tensor) -> None:
@@ -164,6 +194,13 @@ class FewShotConfig(PreTrainedConfig):
     backbone_name_or_path: str | None = None
     logit_scale: float = 10.0
     logit_bias: float = 0.0
+    image_size: int | None = None  # the size it is meta-trained and evaluated at; None: the backbone's
+
+    @property
+    def eval_image_size(self) -> int:
+        """The image size of the model's processor: `image_size`, else the backbone's (224 for DINO ViT-S/16)."""
+        size = self.image_size or self.backbone_config.image_size
+        return size if isinstance(size, int) else int(size[0])
 
     def __post_init__(self, **kwargs):
         """Refuse settings this config does not have (`sparsity_targt` would be kept as a stray attribute while the
@@ -270,6 +307,13 @@ class FewShotTask:
     def n_way(self) -> int:
         return len(self.prototypes)
 
+    @property
+    def image_processor(self) -> BitImageProcessorPil:
+        """The transformers processor that gives this task's pixels (what `EvalTransform` computes)."""
+        if self.image_size[0] != self.image_size[1]:
+            raise ValueError(f"The evaluation processor crops squares; this task works at {self.image_size}.")
+        return eval_image_processor(self.image_size[0])
+
     @torch.no_grad()
     def __call__(self, pixel_values: torch.Tensor) -> torch.Tensor:
         if tuple(pixel_values.shape[-2:]) != self.image_size:
@@ -312,6 +356,36 @@ class FewShotTask:
         classifier.classifier.bias.fill_(self.scale * self.bias)
         return classifier
 
+    def to_pipeline(self, id2label: dict[int, str] | None = None) -> ImageClassificationPipeline:
+        """`pipeline("image-classification")` on the exported classifier and this task's processor: PIL images or
+        paths in, the few-shot prediction out."""
+        classifier = self.to_image_classifier(id2label)
+        return ImageClassificationPipeline(model=classifier, image_processor=self.image_processor)
+
+    def save_adapter(self, folder: str | os.PathLike) -> Path:
+        """Save a LoRA-fine-tuned task so that its adapter loads onto the weights it was trained on: the task's base
+        backbone (for SMAT, the experts merged for this support set) and its processor at `folder`, the PEFT adapter
+        in `folder/lora`, whose `base_model_name_or_path` is `folder` (`AutoPeftModel.from_pretrained(folder/lora)`
+        works; `push_adapter_folder` rewrites it to the repo id)."""
+        if not hasattr(self.backbone, "peft_config"):
+            raise ValueError("This task holds no LoRA adapter: fine-tune it with finetune_on_support(mode='lora').")
+        folder = Path(folder)
+        copy.deepcopy(self.backbone).unload().save_pretrained(folder)
+        self.image_processor.save_pretrained(folder)
+        config = self.backbone.peft_config[self.backbone.active_adapter]
+        recorded, config.base_model_name_or_path = config.base_model_name_or_path, str(folder.resolve())
+        try:
+            self.backbone.save_pretrained(folder / "lora")
+        finally:
+            config.base_model_name_or_path = recorded
+        return folder
+
+    def save_image_classifier(self, folder: str | os.PathLike, id2label: dict[int, str] | None = None) -> None:
+        """Save `to_image_classifier(id2label)` with its processor: a folder `pipeline("image-classification",
+        model=folder)` and `AutoImageProcessor` load with no custom code."""
+        self.to_image_classifier(id2label).save_pretrained(folder)
+        self.image_processor.save_pretrained(folder)
+
 
 class FewShotPreTrainedModel(PreTrainedModel):
     """Base of the episodic models: building from a backbone, embedding, preparing tasks."""
@@ -339,3 +413,87 @@ class FewShotPreTrainedModel(PreTrainedModel):
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Backbone features `(n, dim)` of images (the model's own backbone weights)."""
         return backbone_features(self.backbone, pixel_values)
+
+    @property
+    def image_processor(self) -> BitImageProcessorPil:
+        """The transformers processor of the model's evaluation pixels (saved as `preprocessor_config.json`)."""
+        return eval_image_processor(self.config.eval_image_size)
+
+    @property
+    def card_details(self) -> dict[str, Any]:
+        """What the card shows beyond the model itself: keyword arguments of `hf_fewshot.hub.fewshot_model_card`
+        (`results`, `dataset_id`, `protocol`, `training`, `plots`, `diagnostics`); the recipes fill it."""
+        if "_card_details" not in self.__dict__:
+            self._card_details = {}
+        return self._card_details
+
+    def model_card(self, repo_id: str):
+        """The hf-fewshot card for `repo_id` (a `huggingface_hub.ModelCard`), or None where `hf_fewshot` is not
+        installed (remote code): then transformers' own card is kept."""
+        try:
+            from hf_fewshot.hub import fewshot_model_card
+        except ImportError:
+            return None
+        return fewshot_model_card(self, repo_id, **self.card_details)
+
+    def save_pretrained(self, save_directory: str | os.PathLike, *args, repo_id: str | None = None, **kwargs) -> None:
+        """`PreTrainedModel.save_pretrained`, plus the image processor and the hf-fewshot card (`README.md`, named
+        after `repo_id`, else the folder). With `push_to_hub=True` the folder is then pushed to `repo_id`."""
+        push = kwargs.pop("push_to_hub", False)
+        super().save_pretrained(save_directory, *args, **kwargs)
+        if kwargs.get("is_main_process", True):
+            self.image_processor.save_pretrained(save_directory)
+            card = self.model_card(repo_id or Path(save_directory).resolve().name)
+            if card is not None:
+                card.save(Path(save_directory) / "README.md")
+        if push:
+            self.push_to_hub(repo_id or Path(save_directory).resolve().name, token=kwargs.get("token"))
+
+    def push_to_hub(
+        self,
+        repo_id: str,
+        *,
+        commit_message: str = "Upload few-shot model",
+        private: bool | None = None,
+        token: str | bool | None = None,
+        revision: str | None = None,
+        create_pr: bool = False,
+        **kwargs,
+    ) -> str:
+        """Upload the model, its processor and its hf-fewshot card (named after `repo_id`) as one commit; returns the
+        commit URL. transformers' own `push_to_hub` would replace the card with a placeholder."""
+        if kwargs:
+            raise TypeError(f"push_to_hub() got unexpected argument(s) {sorted(kwargs)}.")
+        api = HfApi(token=token)
+        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        with tempfile.TemporaryDirectory() as folder:
+            self.save_pretrained(folder, repo_id=repo_id)
+            commit = api.upload_folder(
+                folder_path=folder,
+                repo_id=repo_id,
+                commit_message=commit_message,
+                revision=revision,
+                create_pr=create_pr,
+            )
+        return commit.commit_url
+
+    @torch.no_grad()
+    def predict(
+        self,
+        query_images: Sequence[Image.Image | str | os.PathLike],
+        support_images: Sequence[Image.Image | str | os.PathLike],
+        support_labels: Sequence[Hashable],
+    ) -> list[Hashable]:
+        """The class of each query image, learned from a few labelled support images (PIL images or paths to image
+        files; labels are any names or ids, e.g. `["cat", "cat", "dog"]`). Images go through the model's processor.
+        """
+        support, queries = open_images(support_images), open_images(query_images)
+        classes, ids = encode_support_labels(support_labels, len(support))
+        task = self.prepare_task(self._pixel_values(support), torch.tensor(ids, device=self.device))
+        return [classes[i] for i in task(self._pixel_values(queries)).argmax(-1).tolist()]
+
+    def _pixel_values(self, images: list[Image.Image]) -> torch.Tensor:
+        if len(images) == 0:
+            raise ValueError("No images given.")
+        pixels = self.image_processor(images, return_tensors="pt")["pixel_values"]
+        return pixels.to(self.device, self.dtype)

@@ -16,27 +16,35 @@ from pathlib import Path
 import torch
 from accelerate import PartialState
 from safetensors import SafetensorError, safe_open
-from transformers import PreTrainedModel
+from transformers import ImageProcessingMixin, PreTrainedModel
 
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
-def save_pretrained_atomically(model: PreTrainedModel, folder: str | os.PathLike) -> Path:
-    """`model.save_pretrained(folder)` written into a sibling temporary folder and renamed into place: a crash
-    leaves the previous folder or the complete new one, never a partial save (a crash between the swap's two
-    renames leaves the previous one aside, and the next save puts it back first)."""
+def save_pretrained_atomically(
+    model: PreTrainedModel,
+    folder: str | os.PathLike,
+    image_processor: ImageProcessingMixin | None = None,
+    **save_kwargs,
+) -> Path:
+    """`model.save_pretrained(folder, **save_kwargs)` (and `image_processor.save_pretrained(folder)`) written into a
+    sibling temporary folder and renamed into place: a crash leaves the previous folder or the complete new one,
+    never a partial save (a crash between the swap's two renames leaves the previous one aside, and the next save
+    puts it back first). Few-shot models write their own processor and card; a plain backbone needs
+    `image_processor`."""
     folder = Path(folder)
     check_finite_weights(model, f"Not saving {folder}")
     folder.parent.mkdir(parents=True, exist_ok=True)
     previous = folder.with_name(f".{folder.name}-previous")
-    if previous.is_dir() and not folder.exists():  # a crash between the two renames below: put the old one back
-        previous.rename(folder)
+    _repair_interrupted_save(folder)
     staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
     umask = os.umask(0)
     os.umask(umask)
     staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the saved folder gets the usual permissions
     try:
-        model.save_pretrained(staging)
+        model.save_pretrained(staging, **save_kwargs)
+        if image_processor is not None:
+            image_processor.save_pretrained(staging)
         if folder.exists():
             shutil.rmtree(previous, ignore_errors=True)
             folder.rename(previous)

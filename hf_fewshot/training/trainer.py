@@ -24,7 +24,7 @@ from hf_fewshot.diagnostics import smat_diagnostics
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults, episode_metrics, mean_and_ci95
 from hf_fewshot.models import from_pretrained_strictly
 from hf_fewshot.models.modeling_smat import SmatModel
-from hf_fewshot.models.prototypes import eval_mode
+from hf_fewshot.models.prototypes import FewShotConfig, eval_mode
 
 from .arguments import FewShotTrainingArguments
 from .checkpoints import check_finite_weights, last_complete_checkpoint
@@ -280,6 +280,9 @@ class EpisodicTrainer(SAMTrainer):
                     raise ValueError(
                         f"{name} {domain!r} cannot give {args.episode_protocol!r} episodes: {error}"
                     ) from None
+        if isinstance(getattr(self.model, "config", None), FewShotConfig):
+            # The size its tasks are seen at: the saved image processor (and the card) use it.
+            self.model.config.image_size = args.image_size
         self._tasks_this_update = 0
         self._term_sums: dict[str, float] = defaultdict(float)
         self._term_counts: dict[str, int] = defaultdict(int)

@@ -1,4 +1,9 @@
-"""One way to turn any stored image into the RGB picture the models see (docs/reliability.md, "Images").
+"""How the few-shot models see images: one decoding rule (`to_rgb`) and the evaluation image processor.
+
+This file is copied next to the modeling files when a model is saved with remote code, so it imports nothing
+from `hf_fewshot`; `hf_fewshot.data` builds its transforms on it (docs/data.md, "Image transforms").
+
+Decoding (docs/reliability.md, "Images"):
 
 `PIL.Image.convert("RGB")` alone is wrong for several common files: a 16-bit PNG comes out all white, a 32-bit
 integer or float TIFF all black or all white, transparent pixels take whatever colour is stored under them (often
@@ -9,8 +14,17 @@ it, and it composites transparency onto white as transformers' image processors 
 
 from __future__ import annotations
 
+import os
+from collections.abc import Sequence
+
 import numpy as np
 from PIL import Image, ImageOps
+from transformers import BitImageProcessorPil
+from transformers.image_utils import PILImageResampling
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+EVAL_RESIZE_RATIO = 146 / 128  # P>M>F's evaluation: shorter side to 146 px, centre crop 128
 
 _HIGH_BIT_DEPTH = {"I;16": 65535, "I;16L": 65535, "I;16B": 65535, "I;16N": 65535}
 
@@ -45,4 +59,38 @@ def _scaled_to_8_bit(image: Image.Image) -> np.ndarray:
     return np.clip(np.rint(values / top * 255.0), 0, 255).astype(np.uint8)
 
 
-__all__ = ["to_rgb"]
+def open_images(images: Sequence[Image.Image | str | os.PathLike]) -> list[Image.Image]:
+    """PIL images or paths to image files, as the RGB pictures `to_rgb` makes of them."""
+    if isinstance(images, (str, os.PathLike, Image.Image)):
+        raise TypeError("Pass a list of images (PIL images or paths), not a single one.")
+    opened = []
+    for image in images:
+        if isinstance(image, (str, os.PathLike)):
+            with Image.open(image) as file:
+                file.load()
+                image = file
+        elif not isinstance(image, Image.Image):
+            raise TypeError(f"Images must be PIL images or paths to image files, got {type(image).__name__}.")
+        opened.append(to_rgb(image))
+    return opened
+
+
+def eval_image_processor(
+    size: int,
+    resize_ratio: float = EVAL_RESIZE_RATIO,
+    mean: Sequence[float] = IMAGENET_MEAN,
+    std: Sequence[float] = IMAGENET_STD,
+) -> BitImageProcessorPil:
+    """The transformers image processor of evaluation: shorter side to `round(size · resize_ratio)` (bilinear), a
+    `size` centre crop, normalised. Saved beside every model; `hf_fewshot.data.EvalTransform` computes the same
+    pixels faster."""
+    return BitImageProcessorPil(
+        size={"shortest_edge": round(size * resize_ratio)},
+        crop_size={"height": size, "width": size},
+        resample=PILImageResampling.BILINEAR,
+        image_mean=list(mean),
+        image_std=list(std),
+    )
+
+
+__all__ = ["EVAL_RESIZE_RATIO", "IMAGENET_MEAN", "IMAGENET_STD", "eval_image_processor", "open_images", "to_rgb"]
