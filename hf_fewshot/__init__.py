@@ -7,9 +7,21 @@ from hf_fewshot.evaluation import evaluate_episodes
 from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
 from hf_fewshot.models.image_processing import open_images
 from hf_fewshot.pipelines import FewShotImageClassificationPipeline
-from hf_fewshot.training import EpisodicTrainer, FewShotTrainingArguments, SAMTrainer
 
 __version__ = "0.1.0.dev0"
+
+# The training classes import transformers' Trainer (and through it PEFT): loaded on first use, so that
+# `import hf_fewshot` for inference stays light (PEP 562).
+_TRAINING = ("EpisodicTrainer", "FewShotTrainingArguments", "SAMTrainer")
+
+
+def __getattr__(name: str):
+    if name in _TRAINING:
+        from hf_fewshot import training
+
+        return getattr(training, name)
+    raise AttributeError(f"module 'hf_fewshot' has no attribute {name!r}")
+
 
 __all__ = [
     "EpisodeCollator",

@@ -18,7 +18,6 @@ from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from peft import LoraConfig, get_peft_model
 from torch import nn
 from transformers import PreTrainedModel
 
@@ -120,6 +119,8 @@ def finetune_on_support(
         )
     backbone, scale, bias = _task_backbone_and_head(model, support_pixel_values, support_labels)
     if mode == "lora":
+        from peft import LoraConfig, get_peft_model  # here: importing PEFT costs seconds, and only LoRA needs it
+
         backbone.requires_grad_(False)
         config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=0.0)
         with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from `seed`, not the global RNG

@@ -9,17 +9,19 @@ import shutil
 import tempfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import datasets
 from huggingface_hub import DatasetCard, EvalResult, HfApi, ModelCard, ModelCardData
 from huggingface_hub.utils import HFValidationError, validate_repo_id
 from torch import nn
-from transformers import TrainingArguments
 
 from hf_fewshot.data import load_domain
 from hf_fewshot.diagnostics import SmatDiagnostics
 from hf_fewshot.evaluation import EvaluationResults, results_table
+
+if TYPE_CHECKING:  # the Trainer's module costs a second to import, and only the recipes push
+    from transformers import TrainingArguments
 
 PAPERS = {
     "fewshot_smat": [

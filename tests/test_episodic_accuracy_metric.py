@@ -107,3 +107,11 @@ def test_evaluate_episodes_reports_the_metrics_mean_and_ci95(metric):
 def test_importing_hf_fewshot_does_not_import_evaluate():
     code = "import sys, hf_fewshot, hf_fewshot.evaluation; assert 'evaluate' not in sys.modules, 'evaluate imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
+
+
+def test_importing_hf_fewshot_leaves_peft_and_the_trainer_for_later():
+    code = (
+        "import sys, hf_fewshot; heavy = {'peft', 'transformers.trainer'} & set(sys.modules); "
+        "assert not heavy, heavy; from hf_fewshot import EpisodicTrainer; assert 'transformers.trainer' in sys.modules"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=300)

@@ -326,3 +326,24 @@ def test_minimeta_round_trips_through_the_hub_with_class_labels(hub):
     card = datasets.load_dataset_builder("user/minimeta", "glyphs").info
     assert card.features is not None
     assert "MiniMeta" in ModelCard.load("user/minimeta", repo_type="dataset").text
+
+
+def test_meta_tune_pushes_the_finished_model_with_its_card_and_plots(hub, tmp_path):
+    import meta_tune
+    import pretrain
+
+    quick = ["--report_to", "none", "--disable_tqdm", "true", "--use_cpu", "true", "--dataloader_pin_memory", "false"]
+    backbone = pretrain.main(["--output_dir", str(tmp_path / "pretrain"), "--max_steps", "1",
+                              "--per_device_train_batch_size", "8", *quick])  # fmt: skip
+    argv = ["--backbone", str(backbone), "--output_dir", str(tmp_path / "smat"), "--max_steps", "1", "--eval_steps",
+            "1", "--save_steps", "1", "--eval_episodes", "2", "--test_episodes", "2", "--test_domains", "glyphs",
+            "--max_ways", "5", *quick]  # fmt: skip
+    with pytest.raises(ValueError, match="push_to_hub needs a repo"):
+        meta_tune.main([*argv, "--push_to_hub", "true"])
+    meta_tune.main([*argv, "--push_to_hub", "true", "--hub_model_id", "user/smat-run"])
+    files = {s.rfilename for s in HfApi().model_info("user/smat-run").siblings}
+    assert {"README.md", "accuracy.png", "expert_density.png", "preprocessor_config.json"} <= files
+    assert not any(name.startswith("checkpoint-") for name in files), "the finished model, not the Trainer's folder"
+    card = ModelCard.load("user/smat-run")
+    assert card.data.model_name == "user/smat-run" and hub_server.card_metadata_errors(str(card)) == []
+    assert "## Is the mechanism at work?" in card.text and card.data.eval_results

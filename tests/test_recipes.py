@@ -14,6 +14,7 @@ from transformers import AutoConfig, AutoImageProcessor, AutoModel, pipeline
 
 from hf_fewshot import FewShotTrainingArguments, SmatModel, load_domain
 from hf_fewshot.data import EvalTransform
+from hf_fewshot.evaluation import EvaluationResults
 from hf_fewshot.training.cli import parse_recipe_arguments
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -57,10 +58,16 @@ def test_meta_tune_trains_saves_and_prints_the_results_table(tmp_path, pretraine
     assert (tmp_path / "results.md").read_text().strip() == table
     results = json.loads((tmp_path / "results.json").read_text())
     assert set(results[method]) >= {"glyphs_accuracy", "glyphs_ci95", "id_accuracy", "ood_accuracy"}
+    rebuilt = EvaluationResults.from_json_dict(results[method])  # results.json rebuilds the card's results
+    assert rebuilt["glyphs"].num_episodes == 3 and len(rebuilt["glyphs"].episode_accuracies) == 3
+    assert {"train_results.json", "all_results.json", "trainer_state.json"} <= {p.name for p in tmp_path.iterdir()}
     model = AutoModel.from_pretrained(tmp_path / "model")
     assert isinstance(model, meta_tune.METHODS[method])
     card = ModelCard.load(tmp_path / "model" / "README.md")
     assert {r.dataset_config for r in card.data.eval_results} == {"glyphs", "digits"}
+    assert card.data.model_name == tmp_path.name, "named after the run, not 'model'"
+    processor = AutoImageProcessor.from_pretrained(tmp_path / "model")
+    assert processor.crop_size["height"] == meta_tune.DEFAULTS["image_size"], "the run's image size"
     assert "![accuracy.png](accuracy.png)" in card.text and (tmp_path / "model" / "accuracy.png").is_file()
     assert (tmp_path / "model" / "expert_density.png").is_file() == (method == "smat")
     assert ("## Is the mechanism at work?" in card.text) == (method == "smat")
@@ -292,3 +299,17 @@ def test_rerunning_a_finished_pretraining_reuses_its_backbone(tmp_path):
     shutil.rmtree(backbone)  # killed during the final save
     pretrain.main(argv)
     assert sorted(p.name for p in tmp_path.glob("checkpoint-*")) == ["checkpoint-2"] and backbone.is_dir()
+
+
+def test_meta_tune_reports_to_tensorboard_when_asked(tmp_path, pretrained_backbone):
+    argv = [
+        "--backbone", str(pretrained_backbone), "--output_dir", str(tmp_path), "--max_steps", "2", "--eval_steps",
+        "1", "--save_steps", "1", "--eval_episodes", "2", "--test_episodes", "0", "--max_ways", "5",
+        "--logging_steps", "1", *QUICK, "--report_to", "tensorboard",
+    ]  # fmt: skip
+    meta_tune.main(argv)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = tmp_path.glob("runs/*/events.out.tfevents.*")
+    logged = EventAccumulator(str(events)).Reload().Tags()["scalars"]
+    assert {"train/loss", "eval/accuracy"} <= set(logged), logged
