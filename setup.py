@@ -37,6 +37,7 @@ setup(
         "tqdm>=4.66",
         "matplotlib>=3.8",
         "pyyaml>=6.0",
+        "jinja2>=3.0",  # the card and report templates
     ],
     extras_require={
         # Rebuilding MiniMeta from its source packages (the prebuilt copy ships with the package).

@@ -2,7 +2,7 @@
 
     python bench/episodes.py [--repeats 5] [--episodes 300] [--image-size 32]
 
-Runs on one thread (the per-core figure of PERFORMANCE.md) and prints a Markdown table of medians
+Runs on one thread (the per-core figure of docs/performance.md) and prints a Markdown table of medians
 with min–max over `--repeats` timed runs, after one warm-up run each.
 """
 

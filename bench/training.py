@@ -4,7 +4,8 @@
 
 1. A tiny ViT image classifier (192 wide, 6 layers, patch 4, 32 px, batch 32) is trained by `Trainer` and by
    `SAMTrainer` (ρ = 0.05) in alternating runs (A B, then B A) in one process. Target ≤ 2.1×.
-2. `EpisodicTrainer` meta-trains a `SmatModel` and a `ProtoNetModel` (random backbone of each shape, SMAT.md §6
+2. `EpisodicTrainer` meta-trains a `SmatModel` and a `ProtoNetModel` (random backbone of each shape, docs/smat.md,
+"Optimisation"
    optimisers, 4 tasks per update as the paper) on the same MiniMeta episodes: 5-way 5-shot 10-query from the
    digits split (the domain with enough images per class), alternating runs; time per task = update time / 4,
    optimizer step included. Target SMAT / ProtoNet ≤ 2.4×.

@@ -4,6 +4,7 @@ from hf_fewshot.adaptation import finetune_on_support
 from hf_fewshot.data import EpisodeCollator, EpisodeSampler, load_domain
 from hf_fewshot.diagnostics import SmatDiagnostics, smat_diagnostics
 from hf_fewshot.evaluation import evaluate_episodes
+from hf_fewshot.methods import METHODS, register_fewshot_method
 from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
 from hf_fewshot.models.image_processing import open_images
 from hf_fewshot.pipelines import FewShotImageClassificationPipeline
@@ -29,6 +30,7 @@ __all__ = [
     "EpisodicTrainer",
     "FewShotImageClassificationPipeline",
     "FewShotTrainingArguments",
+    "METHODS",
     "ProtoNetConfig",
     "ProtoNetModel",
     "SAMTrainer",
@@ -39,5 +41,6 @@ __all__ = [
     "finetune_on_support",
     "load_domain",
     "open_images",
+    "register_fewshot_method",
     "smat_diagnostics",
 ]

@@ -1,4 +1,5 @@
-"""Test-time adaptation on a task's support set (PMF_AND_EVAL.md §2, SAM.md §3).
+"""Test-time adaptation on a task's support set (docs/pmf.md, "Fine-tuning on the support set", docs/sam.md, "Choosing
+a backbone per task").
 
 - `finetune_on_support`: fine-tune a copy of the backbone (full, AdamW) or a PEFT LoRA adapter on the
   support set, prototypes from the clean support images, loss on an augmented copy; the model itself is
@@ -23,8 +24,8 @@ from transformers import PreTrainedModel
 
 from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jitter_colours
 from hf_fewshot.models.prototypes import (
+    DEFAULT_LOGIT_SCALE,
     FewShotOutput,
-    FewShotPreTrainedModel,
     FewShotTask,
     backbone_features,
     check_episode,
@@ -71,15 +72,15 @@ def _task_backbone_and_head(model: nn.Module, support_pixel_values, support_labe
     """A private copy of the backbone a task starts from, and the head's (scale, bias)."""
     if isinstance(model, FewShotTask):
         return copy.deepcopy(model.backbone), model.scale, model.bias
-    if isinstance(model, (FewShotPreTrainedModel, BackbonePool)):
+    if hasattr(model, "prepare_task"):  # any few-shot model (registered methods, BackbonePool)
         task = model.prepare_task(support_pixel_values, support_labels)  # SMAT: routed and merged into a copy
         shared = any(task.backbone is module for module in model.modules())  # ProtoNet's / the pool's own
         return copy.deepcopy(task.backbone) if shared else task.backbone, task.scale, task.bias
-    if isinstance(model, PreTrainedModel):  # a plain HF backbone (e.g. ViTModel): cosine head, scale 10
-        return copy.deepcopy(model), 10.0, 0.0
+    if isinstance(model, PreTrainedModel):  # a plain HF backbone (e.g. ViTModel): cosine head
+        return copy.deepcopy(model), DEFAULT_LOGIT_SCALE, 0.0
     raise TypeError(
-        "finetune_on_support takes a ProtoNetModel, SmatModel, BackbonePool, FewShotTask or HF backbone, "
-        f"not {type(model).__name__}."
+        "finetune_on_support takes a few-shot model (anything with prepare_task: ProtoNetModel, SmatModel, "
+        f"BackbonePool), a FewShotTask or an HF backbone, not {type(model).__name__}."
     )
 
 
@@ -104,9 +105,10 @@ def finetune_on_support(
     `model`: a `ProtoNetModel`, a `SmatModel` (fine-tuned after routing and merging), a prepared `FewShotTask`, or
     a plain HF backbone. Each of `steps` AdamW steps takes prototypes from the clean support images (as fixed
     targets, no gradient) and the cross-entropy of an augmented copy; the head's scale and bias stay fixed.
-    For LoRA the learning rate is 10× the given one (PMF_AND_EVAL.md §2). `learning_rate="auto"` picks one of
-    `learning_rates` with `choose_learning_rate` on the support set alone. `autocast=torch.bfloat16` runs the
-    fine-tuning passes in mixed precision (weights and optimiser stay fp32; 1.9× faster on our 2-core CPU).
+    For LoRA the learning rate is 10× the given one (docs/pmf.md, "Fine-tuning on the support set").
+    `learning_rate="auto"` picks one of `learning_rates` with `choose_learning_rate` on the support set alone.
+    `autocast=torch.bfloat16` runs the fine-tuning passes in mixed precision (weights and optimiser stay fp32; 1.9×
+    faster on our 2-core CPU).
     """
     if mode not in ("full", "lora"):
         raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}.")
@@ -238,8 +240,9 @@ def select_backbone(
     backbones: Mapping[str, nn.Module], support_pixel_values: torch.Tensor, support_labels: torch.Tensor
 ) -> tuple[str, dict[str, float]]:
     """The backbone of the pool whose features best separate the support set (leave-one-out nearest-centroid
-    accuracy, SAM.md §3), and every backbone's score. Ties go to the first in the pool's order; so does a support
-    set with one image per class (nothing to hold out: every score is NaN), as Meta-Dataset episodes can be."""
+    accuracy, docs/sam.md, "Choosing a backbone per task"), and every backbone's score. Ties go to the first in the
+    pool's order; so does a support set with one image per class (nothing to hold out: every score is NaN), as
+    Meta-Dataset episodes can be."""
     best, scores, _ = _select_with_features(backbones, support_pixel_values, support_labels)
     return best, scores
 
@@ -263,14 +266,15 @@ def _select_with_features(
 
 
 class BackbonePool(nn.Module):
-    """A few-shot model over several backbones (e.g. one per training domain, SAM.md §3): each task uses the
-    backbone that `select_backbone` picks on its support set, with cosine prototypes (scale 10, bias 0).
+    """A few-shot model over several backbones (e.g. one per training domain, docs/sam.md, "Choosing a backbone per
+    task"): each task uses the backbone that `select_backbone` picks on its support set, with cosine prototypes (scale
+    10, bias 0).
 
     `choices` counts the picks by name, so a study can report which backbone served which domain. With
     `finetune_on_support` the picked backbone is then fine-tuned on the support set (selection + fine-tuning).
     """
 
-    def __init__(self, backbones: Mapping[str, nn.Module], scale: float = 10.0):
+    def __init__(self, backbones: Mapping[str, nn.Module], scale: float = DEFAULT_LOGIT_SCALE):
         super().__init__()
         if not backbones:
             raise ValueError("A BackbonePool needs at least one backbone.")

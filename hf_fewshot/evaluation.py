@@ -1,4 +1,4 @@
-"""Episodic evaluation (PMF_AND_EVAL.md §3): accuracy per domain over fixed episodes, mean ± 95% CI.
+"""Episodic evaluation (docs/evaluation.md, "The protocol"): accuracy per domain over fixed episodes, mean ± 95% CI.
 
 The episodes of a domain are a pure function of the seed, so two models evaluated with the same seed
 see the same tasks, and the same tasks come out on every machine. Accuracies are percentages.
@@ -22,8 +22,8 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from hf_fewshot.adaptation import finetune_on_support
+from hf_fewshot.data.domains import column_as_numpy
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, episode_loader
-from hf_fewshot.data.metadataset import column_as_numpy
 from hf_fewshot.data.transforms import EvalTransform
 from hf_fewshot.metrics.episodic_accuracy.interval import T_INTERVAL_BELOW, mean_and_interval
 from hf_fewshot.models.prototypes import eval_mode

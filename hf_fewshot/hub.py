@@ -19,33 +19,10 @@ from torch import nn
 from hf_fewshot.data import load_domain
 from hf_fewshot.diagnostics import SmatDiagnostics
 from hf_fewshot.evaluation import EvaluationResults, results_table
+from hf_fewshot.models.prototypes import FewShotConfig
 
 if TYPE_CHECKING:  # the Trainer's module costs a second to import, and only the recipes push
     from transformers import TrainingArguments
-
-PAPERS = {
-    "fewshot_smat": [
-        "Chen et al., *Unleashing the Power of Meta-tuning for Few-shot Generalization Through Sparse Interpolated "
-        "Experts*, ICML 2024 ([arXiv:2403.08477](https://arxiv.org/abs/2403.08477))",
-        "Caron et al., *Emerging Properties in Self-Supervised Vision Transformers* (DINO), ICCV 2021",
-    ],
-    "fewshot_protonet": [
-        "Hu et al., *Pushing the Limits of Simple Pipelines for Few-Shot Learning: External Data and Fine-Tuning "
-        "Make a Difference* (P>M>F), CVPR 2022 ([arXiv:2204.07305](https://arxiv.org/abs/2204.07305))",
-        "Snell et al., *Prototypical Networks for Few-shot Learning*, NeurIPS 2017",
-    ],
-}
-SUMMARIES = {
-    "fewshot_smat": (
-        "**SMAT** (sparse interpolated experts): a frozen pre-trained ViT plus one dense delta shared by sparse "
-        "experts; a router reads a task's support set and merges the experts into one task-specific ViT, which "
-        "classifies queries by cosine similarity to the class prototypes."
-    ),
-    "fewshot_protonet": (
-        "**P>M>F** ProtoNet: a pre-trained ViT meta-tuned end to end as a prototypical network with a cosine head "
-        "(learnable scale and bias)."
-    ),
-}
 
 
 def _template(name: str) -> str:
@@ -112,8 +89,10 @@ def fewshot_model_card(
     `base_model` and `datasets` only name Hub repos, `model-index` is named after `repo_id`, no local paths.
     """
     config = model.config
-    if config.model_type not in PAPERS:
-        raise ValueError(f"Cards are written for SMAT and ProtoNet models, not {config.model_type!r}.")
+    if not isinstance(config, FewShotConfig):
+        raise ValueError(
+            f"Cards are written for few-shot models (SMAT and ProtoNet, any method), not {config.model_type!r}."
+        )
     if isinstance(results, Mapping):
         results = EvaluationResults.from_json_dict(results)
     source = config.backbone_name_or_path
@@ -138,8 +117,8 @@ def fewshot_model_card(
         model_name=repo_id.split("/")[-1],
         repo_id=repo_id,
         model_type=config.model_type,
-        method_summary=SUMMARIES[config.model_type],
-        papers=PAPERS[config.model_type],
+        method_summary=config.summary,
+        papers=list(config.papers),
         backbone=backbone,
         backbone_size=f"{num_parameters / 1e6:.2f} M parameters",
         image_size=config.eval_image_size,

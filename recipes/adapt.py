@@ -14,13 +14,10 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-import meta_tune
-import torch
-
 from hf_fewshot.adaptation import choose_learning_rate, finetune_on_support
-from hf_fewshot.data.episodes import decode_image
+from hf_fewshot.data.labelled_images import load_labelled_images
 from hf_fewshot.data.transforms import EvalTransform
+from hf_fewshot.defaults import DEFAULT_MODEL
 from hf_fewshot.hub import adapter_card, push_adapter_folder, push_model_folder
 from hf_fewshot.models import load_fewshot_model
 from hf_fewshot.training.cli import parse_recipe_arguments
@@ -29,9 +26,7 @@ from hf_fewshot.training.cli import parse_recipe_arguments
 @dataclass
 class AdaptArguments:
     images: str = field(metadata={"help": "An image folder ({class_name}/*.png) or a datasets id (image + label)."})
-    model: str = field(
-        default=str(Path(meta_tune.DEFAULTS["output_dir"]) / "model"), metadata={"help": "Few-shot model or backbone."}
-    )
+    model: str = field(default=DEFAULT_MODEL, metadata={"help": "Few-shot model or backbone."})
     split: str = field(default="train", metadata={"help": "Split of a datasets id to read."})
     mode: str = field(default="lora", metadata={"help": "'lora' (a PEFT adapter) or 'full' fine-tuning."})
     learning_rate: float | None = field(default=None, metadata={"help": "None: chosen on the images themselves."})
@@ -42,30 +37,9 @@ class AdaptArguments:
     hub_repo_id: str | None = field(default=None, metadata={"help": "Push the classifier here, the adapter to -lora."})
 
 
-def labelled_images(source: str, split: str) -> tuple[list, torch.Tensor, dict[int, str]]:
-    """Decoded images, labels 0..C-1 and their names, from an image folder or a `datasets` id."""
-    if Path(source).is_dir():
-        dataset = datasets.load_dataset("imagefolder", data_dir=source, split="train")
-    else:
-        dataset = datasets.load_dataset(source, split=split)
-    missing = {"image", "label"} - set(dataset.column_names)
-    if Path(source).is_dir() and missing == {"label"}:  # imagefolder gives no labels for a single class folder
-        raise ValueError(f"{source} needs one sub-folder of images per class, at least 2 classes.")
-    if missing:
-        raise ValueError(f"{source} has no column(s) {sorted(missing)}; it has {dataset.column_names}.")
-    names = dataset.features["label"].names if hasattr(dataset.features["label"], "names") else None
-    raw = dataset.cast_column("image", datasets.Image(decode=False))
-    images = [decode_image(record, row, source) for row, record in enumerate(raw["image"])]
-    classes, labels = torch.unique(torch.as_tensor(dataset["label"]), return_inverse=True)
-    if len(classes) < 2:
-        raise ValueError(f"{source} holds {len(classes)} class(es); a classifier needs at least 2.")
-    id2label = {i: names[c] if names else str(c) for i, c in enumerate(classes.tolist())}
-    return images, labels, id2label
-
-
 def run(args: AdaptArguments) -> Path:
     model = load_fewshot_model(args.model)
-    images, labels, id2label = labelled_images(args.images, args.split)
+    images, labels, id2label = load_labelled_images(args.images, args.split)
     size = args.image_size or model.config.backbone_config.image_size
     support = EvalTransform(size)(images)
     task_learning_rate = args.learning_rate

@@ -13,11 +13,11 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import meta_tune
 import torch
 
 from hf_fewshot import evaluate_episodes, load_domain
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
+from hf_fewshot.defaults import DEFAULT_BACKBONE, DEFAULT_MODEL
 from hf_fewshot.evaluation import results_table
 from hf_fewshot.models import load_fewshot_model
 from hf_fewshot.training.cli import parse_recipe_arguments
@@ -26,7 +26,7 @@ from hf_fewshot.training.cli import parse_recipe_arguments
 @dataclass
 class EvaluateArguments:
     models: list[str] = field(
-        default_factory=lambda: [meta_tune.DEFAULT_BACKBONE, str(Path(meta_tune.DEFAULTS["output_dir"]) / "model")],
+        default_factory=lambda: [DEFAULT_BACKBONE, DEFAULT_MODEL],
         metadata={"help": "Saved few-shot models or HF backbones (folders or Hub ids), one table column each."},
     )
     data_source: str = field(default="minimeta", metadata={"help": "'minimeta', a converted folder or a Hub id."})

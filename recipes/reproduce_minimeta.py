@@ -5,7 +5,8 @@
     python recipes/reproduce_minimeta.py --quick --test_episodes 100   # a preset, then flags override it
 
 1. Pre-training: the tiny ViT of recipes/pretrain.py with ERM and with SAM (same epochs), then one backbone per
-   training domain fine-tuned from the SAM one with SAM (SAM.md §3 "information fusion"; same steps each).
+   training domain fine-tuned from the SAM one with SAM (docs/sam.md, "Pre-training a backbone" "information fusion";
+   same steps each).
 2. Meta-tuning from the SAM backbone, all on the same tasks (same seed): P>M>F and SMAT on a long budget (the main
    comparison) and on the short one of the SMAT ablations (sparsity τ, number of experts, no dense teachers, no
    support/query split, masks not meta-learned, the paper's gate settings).
@@ -15,15 +16,17 @@
 4. The report: `{report_dir}/README.md` (tables, verdict per claim with paired 95% CIs, commands, seeds, wall
    times) and its PNG plots.
 
-Every stage keeps its output under `--output_dir` and is skipped on a rerun; an interrupted training resumes from
+Each training stage runs a recipe command (`python recipes/pretrain.py ...`, `python recipes/meta_tune.py ...`),
+the one the report lists, as that command runs but in this process; the analysis and the report are the library's
+(`hf_fewshot.analysis`, `hf_fewshot.reports`, the template `model_cards/minimeta_report.md`). Every stage keeps its
+output under `--output_dir` and is skipped on a rerun; an interrupted training resumes from
 its last checkpoint, an interrupted evaluation from its last finished cell.
 """
 
 from __future__ import annotations
 
 import json
-import os
-import platform
+import runpy
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -31,35 +34,36 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from pathlib import Path
 
-import meta_tune
 import numpy as np
-import pretrain
 import torch
-import transformers
 from tqdm.auto import tqdm
 
-import hf_fewshot
 from hf_fewshot import evaluate_episodes, load_domain
 from hf_fewshot.adaptation import BackbonePool
+from hf_fewshot.analysis import Claim, routing_weights, validation_curve
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
-from hf_fewshot.diagnostics import smat_diagnostics
-from hf_fewshot.evaluation import EvaluationResults, paired_difference
+from hf_fewshot.defaults import TINY_VIT_CONFIG
+from hf_fewshot.evaluation import EvaluationResults
+from hf_fewshot.methods import get_method
 from hf_fewshot.models import load_fewshot_model
+from hf_fewshot.reports import MetaTuningRun, MiniMetaStudy, render_minimeta_report
 from hf_fewshot.training.checkpoints import write_atomically
 from hf_fewshot.training.cli import parse_recipe_arguments
 from hf_fewshot.viz import (
-    expert_density_by_layer_type,
     plot_domain_accuracy,
     plot_expert_density,
     plot_expert_overlap,
     plot_routing_similarity,
     plot_sparsity_tradeoff,
     plot_validation_curves,
-    routing_similarity,
 )
 
+RECIPES = Path(__file__).resolve().parent  # the study runs its siblings as commands, never imports them
 OOD_DOMAINS = tuple(domain for domain in DOMAINS if domain not in TRAIN_DOMAINS)
-MAIN_SPARSITY, MAIN_EXPERTS = 0.5, 4  # the SMAT of the main comparison (the demo's meta_tune.py defaults)
+SMAT_DEMO = get_method("smat").demo_settings  # the SMAT of the main comparison: meta_tune.py's demo settings
+MAIN_SPARSITY, MAIN_EXPERTS = SMAT_DEMO["sparsity_target"], SMAT_DEMO["num_experts"]
+SAM_RHO = 0.05  # the SAM backbones' ρ
+
 FULL = dict(
     pretrain_epochs=10,
     domain_backbone_steps=300,
@@ -130,7 +134,7 @@ MAIN_CELLS = {"pmf-long": "P>M>F", "smat-long": "SMAT"}  # the results names of 
 @dataclass(frozen=True)
 class MetaRun:
     """One meta-tuning run: its folder (and results) name, how it differs from the short-budget SMAT, and its
-    settings over meta_tune.py's defaults (`model_config` over `DEMO_MODEL_CONFIGS`, then training flags)."""
+    settings over meta_tune.py's defaults (`model_config` over SMAT's demo settings, then training flags)."""
 
     name: str
     differs: str
@@ -138,6 +142,15 @@ class MetaRun:
     model_config: Mapping = field(default_factory=dict)
     flags: tuple[str, ...] = ()
     long: bool = False
+
+
+def run_script(path: Path, argv: list[str]) -> None:
+    """`python path argv`, in this process."""
+    saved, sys.argv = sys.argv, [str(path), *argv]
+    try:
+        runpy.run_path(str(path), run_name="__main__")
+    finally:
+        sys.argv = saved
 
 
 def tau_run(sparsity: float) -> str:
@@ -148,7 +161,8 @@ def experts_run(experts: int) -> str:
     return "smat" if experts == MAIN_EXPERTS else f"smat-m{experts}"
 
 
-# The paper's gate settings (SMAT.md §2, §6), which meta_tune.py's short-budget defaults replace (docs/smat.md).
+# The paper's gate settings (docs/smat.md, "The configuration" and "Optimisation"), which meta_tune.py's short-budget
+# defaults replace (docs/smat.md).
 PAPER_GATES = MetaRun(
     "smat-paper-gates",
     "the paper's gate settings: β_eval 1, gate lr 1e6, multiplier lr 0.002",
@@ -206,17 +220,23 @@ class Study:
         return self.root / "meta" / name / "model"
 
     # ------------------------------------------------------------------------------------------- training
+    def run_recipe(self, stage: str, recipe: str, argv: list[str]) -> None:
+        """The stage `stage`: the command `python recipes/{recipe}.py argv` (listed in the report), run in this
+        process as that command runs (the script as `__main__`; no recipe imports another), which saves the
+        interpreter and library start-up of a subprocess per stage."""
+        self.commands.append(f"python recipes/{recipe}.py " + " ".join(f"'{a}'" if "{" in a else a for a in argv))
+        self.timed(stage, lambda: run_script(RECIPES / f"{recipe}.py", argv))
+
     def pretrain(self, name: str, argv: list[str]) -> None:
         argv = [*argv, "--output_dir", str(self.backbone(name).parent), "--seed", str(self.args.seed)]
-        self.commands.append("python recipes/pretrain.py " + " ".join(argv))
-        self.timed(f"pretrain {name}", lambda: pretrain.main(argv))
+        self.run_recipe(f"pretrain {name}", "pretrain", argv)
 
     def meta_tune(self, run: MetaRun) -> None:
         steps = max(1, (self.args.long_meta_tasks if run.long else self.args.meta_tasks) // 2)
         every = max(1, steps // 4)
         model_config = dict(run.model_config)
         if run.method == "smat":
-            model_config = {**meta_tune.DEMO_MODEL_CONFIGS["smat"], **model_config}
+            model_config = {**SMAT_DEMO, **model_config}
         argv = [
             "--method", run.method, "--backbone", str(self.backbone("sam")),
             "--output_dir", str(self.meta_tuned(run.name).parent), "--model_config", json.dumps(model_config),
@@ -224,18 +244,17 @@ class Study:
             "--logging_steps", str(every), "--eval_episodes", str(self.args.validation_episodes),
             "--test_episodes", "0", "--seed", str(self.args.seed), *run.flags,
         ]  # fmt: skip
-        self.commands.append("python recipes/meta_tune.py " + " ".join(f"'{a}'" if "{" in a else a for a in argv))
-        self.timed(f"meta-tune {run.name}", lambda: meta_tune.main(argv))
+        self.run_recipe(f"meta-tune {run.name}", "meta_tune", argv)
 
     def train_everything(self) -> None:
-        epochs = str(self.args.pretrain_epochs)
+        epochs, rho = str(self.args.pretrain_epochs), str(SAM_RHO)
         self.pretrain("erm", ["--num_train_epochs", epochs, "--sam_rho", "0"])
-        self.pretrain("sam", ["--num_train_epochs", epochs, "--sam_rho", "0.05"])
+        self.pretrain("sam", ["--num_train_epochs", epochs, "--sam_rho", rho])
         for domain in TRAIN_DOMAINS:
             self.pretrain(
                 f"sam-{domain}",
                 ["--backbone", str(self.backbone("sam")), "--domains", domain,
-                 "--max_steps", str(self.args.domain_backbone_steps), "--sam_rho", "0.05"],
+                 "--max_steps", str(self.args.domain_backbone_steps), "--sam_rho", rho],
             )  # fmt: skip
         for run in self.meta_runs():
             self.meta_tune(run)
@@ -356,147 +375,21 @@ class Study:
                 protocol="md", image_size=32, seed=self.args.seed, max_ways=self.args.max_ways,
                 max_support=self.args.max_support, progress=False,
             )  # fmt: skip
-            weights = {domain.domain: [list(w) for w in domain.expert_weights] for domain in results.domains}
+            weights = {domain: w.tolist() for domain, w in routing_weights(results).items()}
             write_atomically(path, json.dumps(weights) + "\n")
         return {domain: np.asarray(w) for domain, w in json.loads(path.read_text()).items()}
 
+    def validation_curve(self, run: str) -> list[tuple[int, float]]:
+        """`(tasks, validation accuracy)` of a meta-tuning run's evaluations."""
+        return validation_curve(json.loads((self.meta_tuned(run).parent / "log_history.json").read_text()))
+
 
 # ------------------------------------------------------------------------------------------------ the report
-def verdict(difference: float, ci95: float, expectation: str = "better") -> str:
-    """Whether a paired difference supports the claim: "better" needs it above 0 beyond the CI, "not worse"
-    needs the CI to reach 0 or above."""
-    low, high = difference - ci95, difference + ci95
-    if expectation == "not worse":
-        return "**reproduced**" if high >= 0 else "**not reproduced** (significantly worse)"
-    if expectation == "worse":
-        low, high = -high, -low
-    if low > 0:
-        return "**reproduced**"
-    return "**not reproduced** (significantly opposite)" if high < 0 else "**not reproduced** (within the CI)"
-
-
-def claim_row(claim: str, ours: EvaluationResults, baseline: EvaluationResults, split: str, expectation: str) -> str:
-    domains = [d.domain for d in ours.domains if d.in_domain == (split == "ID")]
-    common = min(d.num_episodes for d in (*ours.domains, *baseline.domains))  # FT rows: the first test episodes
-    difference, ci95 = paired_difference(ours.first_episodes(common), baseline.first_episodes(common), domains)
-    return f"| {claim} | {split} | {difference:+.2f} ± {ci95:.2f} | {verdict(difference, ci95, expectation)} |"
-
-
-def methods_table(results: Mapping[str, EvaluationResults]) -> str:
-    """The papers' Table 1 layout: one row per model, one column per domain (ID first), then the averages."""
-    first = next(iter(results.values()))
-    domains = sorted(first.domains, key=lambda d: not d.in_domain)
-    header = " | ".join(f"{d.domain} ({'ID' if d.in_domain else 'OOD'})" for d in domains)
-    lines = [f"| model | episodes | {header} | ID average | OOD average |", "|---" * (len(domains) + 4) + "|"]
-    for name, result in results.items():
-        cells = f"{result.domains[0].num_episodes} | " + " | ".join(str(result[d.domain]) for d in domains)
-        averages = f"**{result.id_average:.2f}** ± {result.id_ci95:.2f} | "
-        averages += f"**{result.ood_average:.2f}** ± {result.ood_ci95:.2f}"
-        lines.append(f"| {name} | {cells} | {averages} |")
-    return "\n".join(lines)
-
-
-def validation_curve(study: Study, name: str) -> list[tuple[float, float]]:
-    history = json.loads((study.meta_tuned(name).parent / "log_history.json").read_text())
-    return [(2 * entry["step"], entry["eval_accuracy"]) for entry in history if "eval_accuracy" in entry]
-
-
-def write_report(study: Study, results: Mapping[str, EvaluationResults]) -> Path:
-    args, report = study.args, Path(study.args.report_dir)
-    report.mkdir(parents=True, exist_ok=True)
-    smat = load_fewshot_model(str(study.meta_tuned("smat-long")))
-    plots = {
-        "accuracy.png": plot_domain_accuracy(
-            {name: results[name] for name in ("SAM backbone", "P>M>F", "SMAT", "SMAT + full FT")},
-            report / "accuracy.png",
-        ),
-        "flatness.png": plot_domain_accuracy(
-            {
-                name: results[name]
-                for name in (
-                    "ERM backbone",
-                    "SAM backbone",
-                    "ERM backbone + full FT",
-                    "SAM backbone + full FT",
-                    "selection (SAM pool) + full FT",
-                )
-            },
-            report / "flatness.png",
-        ),  # fmt: skip
-        "sparsity_tradeoff.png": plot_sparsity_tradeoff(
-            {tau: results[tau_run(tau)] for tau in args.sparsity_targets}, report / "sparsity_tradeoff.png"
-        ),
-        "expert_density.png": plot_expert_density(smat, report / "expert_density.png"),
-        "expert_overlap.png": plot_expert_overlap(smat, report / "expert_overlap.png"),
-        "routing_similarity.png": plot_routing_similarity(study.routing_weights(), report / "routing_similarity.png"),
-        "dense_teachers.png": plot_validation_curves(
-            {
-                "SMAT": validation_curve(study, "smat"),
-                "SMAT without dense teachers": validation_curve(study, "smat-no-teachers"),
-            },
-            report / "dense_teachers.png",
-        ),  # fmt: skip
-    }
-    sections = [
-        header(study),
-        claims_section(study, results),
-        f"## Table 1: meta-tuning ({args.long_meta_tasks} tasks) and fine-tuning\n\nTest accuracy (%), mean ± 95% "
-        f"CI over {args.test_episodes} episodes per domain (FT rows: the first {args.finetune_episodes} of them); the "
-        "averages' CIs combine the domains' as independent.\n\n"
-        + methods_table(
-            {name: results[name] for name in results if name.split(" + ")[0] in ("SAM backbone", "P>M>F", "SMAT")}
-        )
-        + "\n\n![per-domain accuracy](accuracy.png)",
-        flatness_section(study, results),
-        ablation_section(study, results),
-        experts_section(study, smat),
-        commands_section(study),
-    ]
-    path = report / "README.md"
-    write_atomically(path, "\n\n".join(sections) + "\n")
-    assert all(plot.exists() for plot in plots.values())
-    return path
-
-
-def header(study: Study) -> str:
-    args = study.args
-    rates = {mode: study.finetune_learning_rate(mode) for mode in ("full", "lora")}
-    command = "python recipes/reproduce_minimeta.py" + (" --quick" if args.quick else "")
-    total = sum(study.timings.values()) + sum(study.cell_record(n)["seconds"] for n in study.cell_names())
-    return f"""# hf-fewshot on MiniMeta: SMAT and flat backbones in miniature
-
-Generated by `{command}` (hf-fewshot {hf_fewshot.__version__}, torch {torch.__version__}, transformers
-{transformers.__version__}; {platform.machine()}, {os.cpu_count()} CPU cores, no GPU). Wall time of all stages:
-{total / 60:.1f} minutes. What went as claimed, what did not and why: [FINDINGS.md](FINDINGS.md).
-
-## Setup
-
-- **Data**: MiniMeta (32 px). Meta-training and pre-training use the train (and validation) classes of
-  {", ".join(TRAIN_DOMAINS)}; the tables score the test classes of every domain: **ID** = {", ".join(TRAIN_DOMAINS)}
-  (unseen classes of the training domains), **OOD** = {", ".join(OOD_DOMAINS)} (unseen domains).
-- **Backbones**: the tiny ViT of `recipes/pretrain.py` (width 128, 4 layers, 8-px patches: 16 tokens), trained
-  from scratch for {args.pretrain_epochs:g} epochs with ERM and with SAM (ρ 0.05); per-domain backbones: the SAM
-  backbone fine-tuned with SAM for {args.domain_backbone_steps} steps on one training domain each.
-- **Meta-tuning**: from the SAM backbone, the same tasks for every run (seed {args.seed}, 2 per update), with
-  meta_tune.py's defaults (SMAT: {MAIN_EXPERTS} experts, τ {MAIN_SPARSITY}, eval gates at the training temperature,
-  the router's temperature decay derived from the run's length; P>M>F with the same learning rate and schedule):
-  {args.long_meta_tasks} tasks for the main comparison (Table 1), {args.meta_tasks} for the ablations.
-  The checkpoint with the best validation accuracy ({args.validation_episodes} episodes per training domain) is kept.
-- **Episodes**: Meta-Dataset sampling (variable ways and shots), ≤ {args.max_ways} ways, ≤ {args.max_support} support
-  images; {args.test_episodes} test episodes per domain, the same episodes for every model (seed {args.seed}); the
-  fine-tuned (FT) rows use the first {args.finetune_episodes} of them (one FT episode costs ~10× an episode
-  without FT on this CPU: all FT rows on 600 episodes would not fit the study's 2-hour budget).
-- **Fine-tuning** (FT) on each support set: {args.finetune_steps} AdamW steps; learning rate full {rates["full"]:g},
-  LoRA {10 * rates["lora"]:g} (r 8, α 32, q/v), chosen from {args.finetune_learning_rates} (LoRA: 10×) by the
-  fine-tuned SAM backbone's accuracy on validation episodes of the training domains.
-- **Claims** are judged on paired differences: the same episodes for both models, so the 95% CI is that of the
-  per-episode difference (averaged over the domains of the split)."""
-
-
-def claims_section(study: Study, results: Mapping[str, EvaluationResults]) -> str:
-    taus, long, short = sorted(study.args.sparsity_targets), study.args.long_meta_tasks, study.args.meta_tasks
+def claims(args: StudyArguments) -> list[Claim]:
+    """The papers' claims as comparisons of two cells: (claim, ours, theirs, split, expected)."""
+    taus, long, short = sorted(args.sparsity_targets), args.long_meta_tasks, args.meta_tasks
     sparse, dense = tau_run(taus[-1]), tau_run(taus[0])
-    claims = [
+    return [Claim(*claim) for claim in [
         (f"SMAT ≥ P>M>F in-domain, {long} tasks", "SMAT", "P>M>F", "ID", "not worse"),
         (f"SMAT > P>M>F out of domain, {long} tasks", "SMAT", "P>M>F", "OOD", "better"),
         ("SMAT + full FT > P>M>F + full FT out of domain", "SMAT + full FT", "P>M>F + full FT", "OOD", "better"),
@@ -519,122 +412,84 @@ def claims_section(study: Study, results: Mapping[str, EvaluationResults]) -> st
         ("… out of domain", "smat", "smat-no-split", "OOD", "better"),
         ("meta-learned masks help (> fixed random masks)", "smat", "smat-fixed-masks", "ID", "better"),
         ("… out of domain", "smat", "smat-fixed-masks", "OOD", "better"),
-    ]  # fmt: skip
-    r = results
-    rows = [claim_row(claim, r[ours], r[theirs], split, expected) for claim, ours, theirs, split, expected in claims]
-    return (
-        "## Claims\n\nDifference in accuracy points (first model − second), paired over the same test episodes (the "
-        "first ones of the FT rows when one is involved), "
-        "mean ± 95% CI over the domains of the split.\n\n| claim | split | difference | verdict |\n|---|---|---|---|\n"
-        + "\n".join(rows)
-    )
+    ]]  # fmt: skip
 
 
-def flatness_section(study: Study, results: Mapping[str, EvaluationResults]) -> str:
-    names = ["ERM backbone", "SAM backbone", "ERM backbone + full FT", "SAM backbone + full FT",
-             "selection (SAM pool)", "selection (SAM pool) + full FT"]  # fmt: skip
-    choices = study.cell_record("selection (SAM pool)")["choices"]
-    pool = sorted({name for counts in choices.values() for name in counts})
-    lines = ["| test domain | " + " | ".join(pool) + " |", "|---" * (len(pool) + 1) + "|"]
-    lines += [f"| {d} | " + " | ".join(str(counts.get(n, 0)) for n in pool) + " |" for d, counts in choices.items()]
-    return (
-        "## Flat backbones: ERM vs SAM, backbone selection\n\nThe flatness paper's comparison: the same backbone "
-        "trained with ERM or SAM, evaluated as is and fine-tuned on each support set; then the per-domain SAM "
-        "backbones as a pool, one picked per task by leave-one-out nearest-centroid accuracy on the support set.\n\n"
-        + methods_table({name: results[name] for name in names})
-        + "\n\n![ERM vs SAM](flatness.png)\n\nBackbone picked by the selection, episodes per test domain:\n\n"
-        + "\n".join(lines)
-    )
+FLATNESS_CELLS = ("ERM backbone", "SAM backbone", "ERM backbone + full FT", "SAM backbone + full FT",
+                  "selection (SAM pool)", "selection (SAM pool) + full FT")  # fmt: skip
 
 
-def ablation_section(study: Study, results: Mapping[str, EvaluationResults]) -> str:
-    header = (
-        "| run | differs from `smat` in | tasks | eval-gate sparsity (τ) | training-gate sparsity | "
-        "gates exactly 0/1 | τ_r | routing cosine, least / mean | ‖θ_δ‖ / ‖θ_pre‖ | best validation (kept at task) | "
-        "ID average | OOD average | meta-tuning minutes |"
-    )
-    rows = [header, "|---" * 13 + "|"]
-    for run in [run for run in study.meta_runs() if run.method == "smat"]:
-        model, result = (
-            load_fewshot_model(str(study.meta_tuned(run.name))),
-            results[MAIN_CELLS.get(run.name, run.name)],
-        )
-        diagnostics = smat_diagnostics(model, {d.domain: np.asarray(d.expert_weights) for d in result.domains})
-        best = max(accuracy for _, accuracy in validation_curve(study, run.name))
-        tasks = study.args.long_meta_tasks if run.long else study.args.meta_tasks
-        rows.append(
-            f"| {run.name} | {run.differs} | {tasks} | {np.mean(diagnostics.eval_sparsity):.3f} "
-            f"({diagnostics.sparsity_target:g}) | {np.mean(diagnostics.train_sparsity):.3f} | "
-            f"{diagnostics.saturated_fraction:.1%} | {diagnostics.router_tau:.2f} | "
-            f"{diagnostics.min_domain_cosine:.3f} / {diagnostics.mean_domain_cosine:.3f} | "
-            f"{diagnostics.delta_norm_ratio:.2%} | {best:.2f} ({int(model.router_tasks_seen)}) | "
-            f"{result.id_average:.2f} ± {result.id_ci95:.2f} | {result.ood_average:.2f} ± {result.ood_ci95:.2f} | "
-            f"{study.timings[f'meta-tune {run.name}'] / 60:.1f} |"
-        )
-    pmf = []
-    for run in [run for run in study.meta_runs() if run.method == "protonet"]:
-        result, tasks = results[MAIN_CELLS.get(run.name, run.name)], study.args.meta_tasks
-        pmf.append(
-            f"| {run.name} | {study.args.long_meta_tasks if run.long else tasks} | {result.id_average:.2f} ± "
-            f"{result.id_ci95:.2f} | {result.ood_average:.2f} ± {result.ood_ci95:.2f} | "
-            f"{study.timings[f'meta-tune {run.name}'] / 60:.1f} |"
-        )
-    return (
-        "## SMAT ablations and diagnostics\n\nThe SMAT runs, the main one "
-        f"({study.args.long_meta_tasks} tasks) first; each short-budget run ({study.args.meta_tasks} tasks) differs "
-        f"from `smat` (τ {MAIN_SPARSITY}, {MAIN_EXPERTS} experts, meta_tune.py's defaults) in one setting. "
-        "Without dense teachers: `kd_weight=0`, neither teacher is "
-        "computed. Meta ×: `support_query_split=False`, the inner step and the loss see the same images (all of "
-        "the episode's). Fixed masks: log α and λ get learning rate 0, so the experts' masks stay at their random "
-        "initialisation while θ_δ and the router train (the paper's SoftMerge-style row: experts not meta-learned). "
-        "The diagnostics (docs/smat.md) are those of `smat_diagnostics` on the run's test episodes: eval and "
-        "training gate sparsity averaged over experts, the share of eval gates exactly 0 or 1, the router "
-        "temperature the model evaluates at, and the cosine similarity of the domains' mean expert weights "
-        "(least similar pair / mean over pairs).\n\n"
-        + "\n".join(rows)
-        + "\n\nP>M>F at both budgets:\n\n| run | tasks | ID average | OOD average | meta-tuning minutes |\n"
-        "|---|---|---|---|---|\n"
-        + "\n".join(pmf)
-        + "\n\n![ID vs OOD over τ](sparsity_tradeoff.png) ![validation accuracy with and without dense teachers]"
-        "(dense_teachers.png)"
-    )
-
-
-def experts_section(study: Study, smat) -> str:
-    weights = study.routing_weights()
-    similarity = routing_similarity(weights)
-    names = list(weights)
-    lines = ["| | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
-    lines += [
-        f"| {a} | " + " | ".join(f"{v:.3f}" for v in row) + " |" for a, row in zip(names, similarity, strict=True)
+def draw_plots(study: Study, results: Mapping[str, EvaluationResults], smat, report: Path) -> list[Path]:
+    """The report's PNGs, next to its README.md."""
+    accuracy = {name: results[name] for name in ("SAM backbone", "P>M>F", "SMAT", "SMAT + full FT")}
+    flatness = {name: results[name] for name in FLATNESS_CELLS if name != "selection (SAM pool)"}  # FT rows only
+    curves = {"SMAT": study.validation_curve("smat"),
+              "SMAT without dense teachers": study.validation_curve("smat-no-teachers")}  # fmt: skip
+    return [
+        plot_domain_accuracy(accuracy, report / "accuracy.png"),
+        plot_domain_accuracy(flatness, report / "flatness.png"),
+        plot_sparsity_tradeoff(
+            {tau: results[tau_run(tau)] for tau in study.args.sparsity_targets}, report / "sparsity_tradeoff.png"
+        ),
+        plot_expert_density(smat, report / "expert_density.png"),
+        plot_expert_overlap(smat, report / "expert_overlap.png"),
+        plot_routing_similarity(study.routing_weights(), report / "routing_similarity.png"),
+        plot_validation_curves(curves, report / "dense_teachers.png"),
     ]
-    density = expert_density_by_layer_type(smat)
-    dense_rows = ["| layer type | " + " | ".join(f"expert {m}" for m in range(smat.config.num_experts)) + " |",
-                  "|---" * (smat.config.num_experts + 1) + "|"]  # fmt: skip
-    dense_rows += [f"| {kind} | " + " | ".join(f"{v:.3f}" for v in values) + " |" for kind, values in density.items()]
-    return (
-        "## SMAT's experts\n\nEval-gate density (fraction of θ_δ each expert uses) per layer type, the overlap of "
-        "the experts' masks, and how alike the router treats episodes of two domains (mean cosine similarity of "
-        f"the expert weights over {study.args.routing_episodes} episodes per domain).\n\n"
-        + "\n".join(dense_rows)
-        + "\n\n![expert density](expert_density.png) ![expert overlap](expert_overlap.png)\n\n"
-        + "\n".join(lines)
-        + "\n\n![routing similarity](routing_similarity.png)"
-    )
 
 
-def commands_section(study: Study) -> str:
-    timings = [(name, seconds) for name, seconds in study.timings.items()]
+def meta_tuning_runs(study: Study, results: Mapping[str, EvaluationResults]) -> list[MetaTuningRun]:
+    """Every meta-tuning run with its test results, wall time and (SMAT) model and best validation accuracy."""
+    runs = []
+    for run in study.meta_runs():
+        smat = run.method == "smat"
+        runs.append(MetaTuningRun(
+            run.name, run.differs, run.method, study.args.long_meta_tasks if run.long else study.args.meta_tasks,
+            study.timings[f"meta-tune {run.name}"], results[MAIN_CELLS.get(run.name, run.name)],
+            best_validation=max(a for _, a in study.validation_curve(run.name)) if smat else None,
+            model=load_fewshot_model(str(study.meta_tuned(run.name))) if smat else None,
+        ))  # fmt: skip
+    return runs
+
+
+def study_record(study: Study, results: Mapping[str, EvaluationResults], smat) -> MiniMetaStudy:
+    """What the study measured, for `hf_fewshot.reports.render_minimeta_report`."""
+    args = study.args
+    timings = [*study.timings.items()]
     timings += [(f"evaluate {name}", study.cell_record(name)["seconds"]) for name in study.cell_names()]
-    rows = "\n".join(f"| {name} | {seconds / 60:.1f} |" for name, seconds in timings)
-    commands = "\n".join(study.commands)
-    return (
-        "## Commands, seeds and wall times\n\nThe study runs these recipes in-process (seed "
-        f"{study.args.seed} for every training run; test episodes drawn with seed {study.args.seed}):\n\n"
-        f"```bash\n{commands}\n```\n\nThe evaluation cells call `evaluate_episodes` on the same episodes "
-        f'(`protocol="md", max_ways={study.args.max_ways}, max_support={study.args.max_support}, image_size=32, '
-        f"seed={study.args.seed}`), with `finetune=` for the FT rows.\n\n| stage | minutes |\n|---|---|\n{rows}"
+    return MiniMetaStudy(
+        command="python recipes/reproduce_minimeta.py" + (" --quick" if args.quick else ""),
+        settings=asdict(args),
+        results=results,
+        claims=claims(args),
+        main_cells=[name for name in results if name.split(" + ")[0] in ("SAM backbone", "P>M>F", "SMAT")],
+        flatness_cells=FLATNESS_CELLS,
+        selection_choices=study.cell_record("selection (SAM pool)")["choices"],
+        runs=meta_tuning_runs(study, results),
+        smat=smat,
+        routing=study.routing_weights(),
+        learning_rates={mode: study.finetune_learning_rate(mode) for mode in ("full", "lora")},
+        commands=study.commands,
+        timings=timings,
+        train_domains=TRAIN_DOMAINS,
+        ood_domains=OOD_DOMAINS,
+        backbone=TINY_VIT_CONFIG,
+        main_experts=MAIN_EXPERTS,
+        main_sparsity=MAIN_SPARSITY,
+        sam_rho=SAM_RHO,
     )
+
+
+def write_report(study: Study, results: Mapping[str, EvaluationResults]) -> Path:
+    """The plots and `{report_dir}/README.md`; returns the README's path."""
+    report = Path(study.args.report_dir)
+    report.mkdir(parents=True, exist_ok=True)
+    smat = load_fewshot_model(str(study.meta_tuned("smat-long")))
+    plots = draw_plots(study, results, smat, report)
+    path = report / "README.md"
+    write_atomically(path, render_minimeta_report(study_record(study, results, smat)))
+    assert all(plot.exists() for plot in plots)
+    return path
 
 
 def parse_arguments(argv: list[str] | None = None) -> StudyArguments:

@@ -4,7 +4,7 @@ import math
 
 import pytest
 import torch
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 from peft import PeftModel
 
 from hf_fewshot import EpisodeCollator, EpisodeSampler, ProtoNetModel, SmatModel, load_domain

@@ -9,7 +9,7 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-from conftest import png_bytes, tiny_vit_config
+from helpers import png_bytes, tiny_vit_config
 from PIL import Image
 from test_tfrecord import example, record
 
@@ -17,8 +17,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "recipes"))
 
 from hf_fewshot import EpisodeSampler, ProtoNetModel, evaluate_episodes, load_domain
 from hf_fewshot.data.conversion import MetaDatasetSpec, convert_domain
+from hf_fewshot.data.domains import validate_domain_split
 from hf_fewshot.data.episodes import FrozenEpisodes
-from hf_fewshot.data.metadataset import validate_domain_split
 
 
 def write_spec(tmp_path, spec: dict):
@@ -222,11 +222,11 @@ def test_the_convert_recipe_writes_configs_a_card_and_pushes(tmp_path):
 
 
 def test_large_converted_splits_are_memory_mapped_not_loaded(tmp_path, monkeypatch):
-    from hf_fewshot.data import metadataset
+    from hf_fewshot.data import domains
 
     convert_domain(write_domain(tmp_path / "records", FLAT), tmp_path / "out", progress=False)
     assert load_domain(tmp_path / "out", "aircraft", "train").cache_files == [], "small: in memory"
-    monkeypatch.setattr(metadataset, "IN_MEMORY_BYTES", 0)
+    monkeypatch.setattr(domains, "IN_MEMORY_BYTES", 0)
     mapped = load_domain(tmp_path / "out", "aircraft", "train")
     assert mapped.cache_files and mapped["label"][:4] == [0] * 4
 

@@ -5,7 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 
 from hf_fewshot import EpisodicTrainer, FewShotTrainingArguments, SmatModel, load_domain, smat_diagnostics
 from hf_fewshot.diagnostics import domain_routing_cosine, routing_entropy

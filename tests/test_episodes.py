@@ -5,7 +5,7 @@ import multiprocessing
 import numpy as np
 import pytest
 import torch
-from conftest import make_split
+from helpers import make_split
 
 from hf_fewshot.data import (
     EpisodeCollator,
@@ -29,7 +29,7 @@ def episode_statistics(sampler: EpisodeSampler, count: int) -> tuple[float, floa
 @pytest.mark.parametrize(
     ("num_classes", "images_per_class", "expected"),
     [
-        (15, 100, (9.9, 335, 99)),  # Aircraft test split (DATA.md §2 sanity targets, official sampler)
+        (15, 100, (9.9, 335, 99)),  # Aircraft test split (docs/data.md, "Episodes" sanity targets, official sampler)
         (7, 120, (6.0, 281, 60)),  # Textures test split
     ],
 )
@@ -189,6 +189,7 @@ def _episodes_in_child(seed: int) -> list[list[int]]:
     return [sampler.episode(i).support_indices.tolist() for i in range(20)]
 
 
+@pytest.mark.slow
 def test_episodes_are_identical_in_another_process():
     with multiprocessing.get_context("spawn").Pool(1) as pool:
         in_child = pool.apply(_episodes_in_child, (11,))

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 
 from hf_fewshot import ProtoNetModel, evaluate_episodes, load_domain
 from hf_fewshot.evaluation import EPISODIC_ACCURACY, load_episodic_accuracy, mean_and_ci95
@@ -104,11 +104,13 @@ def test_evaluate_episodes_reports_the_metrics_mean_and_ci95(metric):
     assert computed["ci95"] == pytest.approx(result.ci95, rel=1e-12)
 
 
+@pytest.mark.slow
 def test_importing_hf_fewshot_does_not_import_evaluate():
     code = "import sys, hf_fewshot, hf_fewshot.evaluation; assert 'evaluate' not in sys.modules, 'evaluate imported'"
     subprocess.run([sys.executable, "-c", code], check=True, timeout=300)
 
 
+@pytest.mark.slow
 def test_importing_hf_fewshot_leaves_peft_and_the_trainer_for_later():
     code = (
         "import sys, hf_fewshot; heavy = {'peft', 'transformers.trainer'} & set(sys.modules); "

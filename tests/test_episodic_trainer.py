@@ -10,10 +10,10 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 
 from hf_fewshot import EpisodicTrainer, FewShotTrainingArguments, ProtoNetModel, SmatModel, load_domain
-from hf_fewshot.data.metadataset import column_as_numpy
+from hf_fewshot.data.domains import column_as_numpy
 from hf_fewshot.evaluation import evaluate_episodes, mean_and_ci95
 from hf_fewshot.training import ChainedOptimizer, smat_optimizer
 from hf_fewshot.training.checkpoints import last_complete_checkpoint
@@ -190,6 +190,7 @@ def test_evaluating_other_splits_does_not_replace_the_validation_splits(tmp_path
 
 
 # ------------------------------------------------------------------------------------------- training
+@pytest.mark.slow
 def test_tiny_smat_improves_query_accuracy_on_minimeta_training_episodes(tmp_path, glyphs):
     model = tiny_smat()
     args = training_arguments(tmp_path, max_steps=200, learning_rate=0.05, logging_steps=50)
@@ -259,6 +260,7 @@ EpisodicTrainer(model, args, train_dataset={{"glyphs": train}}, callbacks=[KillA
 """
 
 
+@pytest.mark.slow
 def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, glyphs):
     initial = tiny_smat(gate_noise=1.0)  # real noise: the resumed run must also restore the RNG
     initial.save_pretrained(tmp_path / "initial")
@@ -324,6 +326,7 @@ def _two_rank_meta_training(output_dir: str) -> None:
     assert results["glyphs"].num_episodes == 3 and len(losses) == 3, "3 episodes over 2 ranks, none counted twice"
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_meta_train_one_smat(tmp_path):
     from accelerate import debug_launcher
 
@@ -385,6 +388,7 @@ def _two_rank_sam_counter(output_dir: str) -> None:
     assert int(model.router_tasks_seen) == 12, f"3 updates × 2 tasks × 2 ranks, got {int(model.router_tasks_seen)}"
 
 
+@pytest.mark.slow
 def test_router_counter_sums_the_tasks_of_two_gloo_processes_with_sam(tmp_path):
     from accelerate import debug_launcher
 
@@ -443,6 +447,7 @@ def test_a_half_written_checkpoint_is_skipped_with_a_warning(tmp_path, glyphs):
         assert last_complete_checkpoint(tmp_path).endswith("checkpoint-1")
 
 
+@pytest.mark.slow
 def test_resuming_from_the_final_checkpoint_trains_nothing(tmp_path, glyphs):
     args = training_arguments(tmp_path, max_steps=2, save_strategy="steps", save_steps=1)
     model = tiny_smat()

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 
 from hf_fewshot import ProtoNetModel, evaluate_episodes, load_domain
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults, paired_difference, results_table

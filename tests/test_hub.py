@@ -11,7 +11,7 @@ import hub_server
 import pytest
 import torch
 import yaml
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 from huggingface_hub import HfApi, ModelCard
 from peft import AutoPeftModel, PeftModel
 from transformers import AutoConfig, AutoImageProcessor, AutoModel, ViTModel, pipeline
@@ -128,6 +128,7 @@ def test_a_missing_model_repo_is_a_clear_error(hub):
         load_fewshot_model("user/no-such-model")
 
 
+@pytest.mark.slow
 def test_adapt_pushes_a_pipeline_classifier_and_its_adapter(hub, tmp_path):
     import adapt
 
@@ -313,6 +314,7 @@ def test_a_pushed_adapter_names_its_repo_as_base(hub, tmp_path):
 
 
 # ------------------------------------------------------------------------------- MiniMeta on the Hub
+@pytest.mark.slow
 def test_minimeta_round_trips_through_the_hub_with_class_labels(hub):
     push_minimeta("user/minimeta")
     pulled = datasets.load_dataset("user/minimeta", "emoji", split="validation")
@@ -328,6 +330,7 @@ def test_minimeta_round_trips_through_the_hub_with_class_labels(hub):
     assert "MiniMeta" in ModelCard.load("user/minimeta", repo_type="dataset").text
 
 
+@pytest.mark.slow
 def test_meta_tune_pushes_the_finished_model_with_its_card_and_plots(hub, tmp_path):
     import meta_tune
     import pretrain

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from hf_fewshot.data.episodes import decode_image
+from hf_fewshot.data.images import decode_image
 from hf_fewshot.data.transforms import EvalTransform
 
 

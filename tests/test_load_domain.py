@@ -3,10 +3,11 @@
 import datasets
 import numpy as np
 import pytest
-from conftest import make_split, png_bytes
+from helpers import make_split, png_bytes
 
 from hf_fewshot.data import load_domain
-from hf_fewshot.data.metadataset import column_as_numpy, resolve_domain
+from hf_fewshot.data.domains import column_as_numpy
+from hf_fewshot.data.metadataset import resolve_domain
 
 
 def assert_same_rows(loaded: datasets.Dataset, expected: datasets.Dataset) -> None:

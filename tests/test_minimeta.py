@@ -7,7 +7,7 @@ import pytest
 import yaml
 
 from hf_fewshot.data import EpisodeSampler, load_domain
-from hf_fewshot.data.metadataset import column_as_numpy
+from hf_fewshot.data.domains import column_as_numpy
 from hf_fewshot.data.minimeta import DOMAINS, PREBUILT_DIR, TEST_ONLY_DOMAINS, TRAIN_DOMAINS, build_minimeta
 from hf_fewshot.data.minimeta import source_packages_available as sources_present
 

@@ -4,7 +4,7 @@ every saved model carries, and the `image-classification` pipeline on a task's e
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 from transformers import AutoImageProcessor, AutoModel, ViTModel, pipeline
 
 import hf_fewshot  # noqa: F401  (registers the few-shot pipeline)

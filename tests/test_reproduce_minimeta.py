@@ -1,5 +1,6 @@
 """The MiniMeta study end to end on a minimal budget: every stage, the report with its verdicts and plots, resume."""
 
+import ast
 import json
 import sys
 from pathlib import Path
@@ -32,6 +33,7 @@ def minimal_argv(root: Path) -> list[str]:
     ]  # fmt: skip
 
 
+@pytest.mark.slow
 def test_the_quick_preset_runs_every_stage_and_writes_the_report_and_plots(tmp_path):
     report = reproduce_minimeta.main(minimal_argv(tmp_path))
     assert report == tmp_path / "report" / "README.md"
@@ -84,3 +86,19 @@ def test_resuming_with_other_settings_is_refused(tmp_path):
     changed = reproduce_minimeta.parse_arguments([*minimal_argv(tmp_path), "--meta_tasks", "6"])
     with pytest.raises(ValueError, match=r"other settings \(meta_tasks\)"):
         reproduce_minimeta.Study(changed)
+
+
+def test_recipes_import_no_recipe_and_keep_functions_short():
+    """Each recipe parses its arguments, calls the library and prints: no recipe imports another (the study runs
+    them as commands), and no function in recipes/ is over 40 lines."""
+    recipes = sorted((Path(__file__).resolve().parent.parent / "recipes").glob("*.py"))
+    names = {path.stem for path in recipes}
+    for path in recipes:
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            if isinstance(node, ast.Import):
+                assert not {alias.name.split(".")[0] for alias in node.names} & names, f"{path.name} imports a recipe"
+            if isinstance(node, ast.ImportFrom):
+                assert (node.module or "").split(".")[0] not in names, f"{path.name} imports a recipe"
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                start = min([node.lineno, *(decorator.lineno for decorator in node.decorator_list)])
+                assert node.end_lineno - start + 1 <= 40, f"{path.name}: {node.name} is over 40 lines"

@@ -233,6 +233,7 @@ def _two_rank_training(output_dir: str) -> None:
     assert not torch.equal(flat, torch.cat([p.detach().flatten() for p in TinyRegressor().parameters()]))
 
 
+@pytest.mark.slow
 def test_two_gloo_processes_share_the_second_pass_gradient(tmp_path):
     from accelerate import debug_launcher
 

@@ -1,24 +1,32 @@
 """Plots: per-domain accuracy bars, SMAT expert density per layer type, expert mask overlap, routing similarity,
-the ID / OOD trade-off over τ and validation curves."""
+the ID / OOD trade-off over τ and validation curves; the numbers behind them (hf_fewshot.analysis); no import side
+effects on matplotlib."""
+
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
+import pytest
 import torch
-from conftest import tiny_vit_config
+from helpers import tiny_vit_config
 from PIL import Image
 
-from hf_fewshot import SmatModel
-from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults
-from hf_fewshot.viz import (
+from hf_fewshot import SmatModel, viz
+from hf_fewshot.analysis import (
     expert_density_by_layer_type,
     expert_mask_overlap,
     layer_type,
+    routing_similarity,
+)
+from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults
+from hf_fewshot.viz import (
     plot_domain_accuracy,
     plot_expert_density,
     plot_expert_overlap,
     plot_routing_similarity,
     plot_sparsity_tradeoff,
     plot_validation_curves,
-    routing_similarity,
 )
 
 
@@ -83,3 +91,28 @@ def test_tradeoff_and_validation_curve_plots(tmp_path):
     assert is_png(plot_sparsity_tradeoff(by_sparsity, tmp_path / "tradeoff.png"))
     curves = {"SMAT": [(200, 50.0), (400, 55.0)], "SMAT without dense teachers": [(200, 45.0), (400, 52.0)]}
     assert is_png(plot_validation_curves(curves, tmp_path / "curves.png"))
+
+
+def test_the_numbers_keep_their_viz_names():
+    assert viz.expert_density_by_layer_type is expert_density_by_layer_type and viz.layer_type is layer_type
+    assert viz.expert_mask_overlap is expert_mask_overlap and viz.routing_similarity is routing_similarity
+
+
+@pytest.mark.slow
+def test_importing_and_plotting_leave_matplotlib_alone(tmp_path):
+    """A notebook's backend stays as it was and no pyplot state appears: the plots are bare `Figure`s."""
+    script = textwrap.dedent(
+        f"""
+        import sys
+        import matplotlib
+        matplotlib.use("svg")
+        from hf_fewshot import viz
+        path = viz.plot_validation_curves({{"SMAT": [(200, 50.0), (400, 55.0)]}}, {str(tmp_path / "curves.png")!r})
+        assert matplotlib.get_backend() == "svg", matplotlib.get_backend()
+        assert "matplotlib.pyplot" not in sys.modules
+        print(path)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    assert is_png(tmp_path / "curves.png")

@@ -1,24 +1,17 @@
-"""Converting the official Meta-Dataset release (TFRecords + `dataset_spec.json` per domain) into `datasets`.
+"""Converting data into self-contained parquet splits, one config per domain, with a dataset card.
 
-This module reads the specification; `tfrecord.py` reads the records. The spec comes in three kinds
-(google-research/meta-dataset, `data/dataset_spec.py`), all with one `{class id}.tfrecords` file per class and
-class ids contiguous in the order train, validation, test:
-- `DatasetSpecification`: `classes_per_split` counts (keys `"TRAIN"`, `"VALID"`, `"TEST"`), `class_names`.
-- `BiLevelDatasetSpecification` (Omniglot): `superclasses_per_split`, `classes_per_superclass`, `superclass_names`;
-  superclass s owns the next `classes_per_superclass[s]` class ids.
-- `HierarchicalDatasetSpecification` (ImageNet): `split_subgraphs[split]`, a list of WordNet nodes
-  `{wn_id, children_ids, ...}`; its leaves are the split's classes (`class_names` maps id → wn_id).
+`convert_domain` turns one domain folder of the official Meta-Dataset release (TFRecords + `dataset_spec.json`, read
+by `metadataset.MetaDatasetSpec` and `tfrecord.py`) into `{output}/{domain}/{split}.parquet`; `write_split` writes
+any loaded split (e.g. an image folder from `load_domain`) the same way, images embedded; `dataset_card` describes
+the converted folder. Every file is written whole or not at all (`hf_fewshot.files`), so a rerun resumes safely.
 """
 
 from __future__ import annotations
 
 import io
-import json
 import logging
-import os
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import datasets
@@ -29,112 +22,13 @@ import pyarrow.parquet as pq
 from PIL import Image
 from tqdm.auto import tqdm
 
-from hf_fewshot.data.metadataset import check_path_component, resolve_domain
-from hf_fewshot.data.schema import NO_SUPERCLASS, domain_features
+from hf_fewshot.data.cards import domain_configs, write_dataset_card
+from hf_fewshot.data.metadataset import SPEC_SPLITS, MetaDatasetSpec, resolve_domain
+from hf_fewshot.data.schema import split_features
 from hf_fewshot.data.tfrecord import CorruptRecord, parse_example, read_records
+from hf_fewshot.files import staged_file
 
 logger = logging.getLogger(__name__)
-
-SPEC_SPLITS = {"TRAIN": "train", "VALID": "validation", "TEST": "test"}
-
-
-@dataclass(frozen=True)
-class MetaDatasetSpec:
-    """One domain's classes: ids per split, names, superclass of each class, and per-split WordNet hierarchies
-    (node → children, leaves replaced by class ids) for hierarchical domains."""
-
-    name: str
-    split_classes: dict[str, list[int]]
-    class_names: dict[int, str]
-    class_superclass: dict[int, int]
-    superclass_names: dict[int, str]
-    hierarchies: dict[str, dict[str, list]]
-    file_pattern: str = "{}.tfrecords"
-
-    @classmethod
-    def from_json(cls, path: str | Path) -> MetaDatasetSpec:
-        """Read a `dataset_spec.json` written by the official converter; errors name what is missing."""
-        path = Path(path)
-        if not path.is_file():
-            raise FileNotFoundError(
-                f"No dataset_spec.json at {path}: point to a domain folder of the official records."
-            )
-        spec = json.loads(path.read_text())
-        kind = spec.get("__class__")
-        readers = {
-            "DatasetSpecification": _flat,
-            "BiLevelDatasetSpecification": _bilevel,
-            "HierarchicalDatasetSpecification": _hierarchical,
-        }
-        if kind not in readers:
-            raise ValueError(f"{path}: unknown spec type {kind!r}; expected one of {sorted(readers)}.")
-        try:
-            class_names = {int(k): str(v) for k, v in spec["class_names"].items()}
-            split_classes, superclasses, superclass_names, hierarchies = readers[kind](spec, class_names)
-        except KeyError as missing:
-            raise ValueError(f"{path}: a {kind} needs the key {missing}.") from None
-        name = check_path_component(spec.get("name", path.parent.name), f"{path}: the domain name")
-        file_pattern = spec.get("file_pattern", "{}.tfrecords")
-        check_path_component(file_pattern.format(0), f"{path}: the record file pattern {file_pattern!r} gives")
-        return cls(
-            name=name,
-            split_classes=split_classes,
-            class_names=class_names,
-            class_superclass=superclasses,
-            superclass_names=superclass_names,
-            hierarchies=hierarchies,
-            file_pattern=file_pattern,
-        )
-
-    def superclass_of(self, class_id: int) -> int:
-        return self.class_superclass.get(class_id, NO_SUPERCLASS)
-
-
-def _contiguous(counts: dict[str, int]) -> dict[str, list[int]]:
-    """Class ids per split from counts in the order train, validation, test."""
-    split_classes, start = {}, 0
-    for key, split in SPEC_SPLITS.items():
-        count = int(counts.get(key, 0))
-        split_classes[split] = list(range(start, start + count))
-        start += count
-    return split_classes
-
-
-def _flat(spec: dict, class_names: dict[int, str]):
-    return _contiguous(spec["classes_per_split"]), {}, {}, {}
-
-
-def _bilevel(spec: dict, class_names: dict[int, str]):
-    per_superclass = {int(k): int(v) for k, v in spec["classes_per_superclass"].items()}
-    superclass_names = {int(k): str(v) for k, v in spec["superclass_names"].items()}
-    superclass_splits = _contiguous(spec["superclasses_per_split"])
-    class_superclass, split_classes, start = {}, {}, 0
-    for split, superclasses in superclass_splits.items():
-        split_classes[split] = []
-        for superclass in superclasses:
-            ids = range(start, start + per_superclass[superclass])
-            class_superclass.update(dict.fromkeys(ids, superclass))
-            split_classes[split].extend(ids)
-            start += per_superclass[superclass]
-    return split_classes, class_superclass, superclass_names, {}
-
-
-def _hierarchical(spec: dict, class_names: dict[int, str]):
-    ids_of = {wn_id: class_id for class_id, wn_id in class_names.items()}
-    split_classes, hierarchies = {}, {}
-    for key, split in SPEC_SPLITS.items():
-        nodes = spec["split_subgraphs"].get(key, [])
-        leaves = {node["wn_id"] for node in nodes if not node["children_ids"]}
-        unknown = sorted(leaves - ids_of.keys())
-        if unknown:
-            raise ValueError(f"Leaves of the {split} sub-graph have no class id in class_names: {unknown[:5]}.")
-        split_classes[split] = sorted(ids_of[leaf] for leaf in leaves)
-        hierarchies[split] = {
-            node["wn_id"]: [ids_of[child] if child in leaves else child for child in node["children_ids"]]
-            for node in nodes
-            if node["children_ids"]
-        }
-    return split_classes, {}, {}, hierarchies
 
 
 def _ancestors(hierarchy: dict[str, list]) -> dict[int, list[str]]:
@@ -152,15 +46,6 @@ def _ancestors(hierarchy: dict[str, list]) -> dict[int, list[str]]:
     for root in hierarchy.keys() - children:
         visit(root, ())
     return {class_id: sorted(nodes) for class_id, nodes in above.items()}
-
-
-def split_features(hierarchical: bool) -> datasets.Features:
-    """The schema of DATA.md §1, plus `ancestors` (the WordNet nodes above each class) for hierarchical domains:
-    the hierarchy travels with the rows, through parquet, `save_to_disk` and the Hub alike."""
-    features = domain_features()
-    if hierarchical:
-        features["ancestors"] = datasets.List(datasets.Value("string"))
-    return features
 
 
 def _class_rows(path: Path, class_id: int, corrupt: list[CorruptRecord]) -> Iterator[bytes]:
@@ -207,11 +92,9 @@ def convert_domain(
         written[split] = target
         if target.exists():
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
         ancestors = _ancestors(spec.hierarchies[split]) if spec.hierarchies else None
         features = split_features(ancestors is not None)
-        partial = target.with_name(f".{target.name}.partial")
-        with pq.ParquetWriter(partial, features.arrow_schema) as writer:
+        with staged_file(target) as partial, pq.ParquetWriter(partial, features.arrow_schema) as writer:
             for class_id in tqdm(class_ids, desc=f"{spec.name}/{split}", disable=not progress, leave=False):
                 path = records_dir / spec.file_pattern.format(class_id)
                 if not path.is_file():
@@ -232,7 +115,6 @@ def convert_domain(
                 if ancestors is not None:
                     rows["ancestors"] = [ancestors.get(class_id, [])] * len(images)
                 writer.write_table(pa.Table.from_pydict(rows, schema=features.arrow_schema))
-        os.replace(partial, target)
     for record in corrupt:
         logger.warning("Skipped a corrupt record: %s", record)
     return written, corrupt
@@ -242,11 +124,9 @@ def write_split(dataset: datasets.Dataset, target: str | Path) -> Path:
     """Write one split as a self-contained parquet file: images referenced by local paths are embedded as bytes
     (the file must survive moving or pushing), written under a temporary name and renamed when complete."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    partial = target.with_name(f".{target.name}.partial")
     table = datasets.table.embed_table_storage(dataset.with_format("arrow")[:])
-    pq.write_table(table.replace_schema_metadata(dataset.features.arrow_schema.metadata), partial)
-    os.replace(partial, target)
+    with staged_file(target) as partial:
+        pq.write_table(table.replace_schema_metadata(dataset.features.arrow_schema.metadata), partial)
     return target
 
 
@@ -255,22 +135,19 @@ def dataset_card(output_dir: str | Path, title: str = "Meta-Dataset (converted w
     `datasets.load_dataset(folder_or_repo, domain)` works), and a table of classes, images and each domain's
     licence — they differ per domain, and the conversion does not change them."""
     output_dir = Path(output_dir)
-    configs, rows = [], []
+    files, rows = {}, []
     for domain_dir in sorted(p for p in output_dir.iterdir() if p.is_dir() and not p.name.startswith(".")):
-        files = {f.stem: f for f in sorted(domain_dir.glob("*.parquet"))}
-        if not files:
+        splits = {f.stem: f for f in sorted(domain_dir.glob("*.parquet"))}
+        if not splits:
             continue
-        configs.append(
-            f"- config_name: {domain_dir.name}\n  data_files:\n"
-            + "".join(f"  - split: {split}\n    path: {domain_dir.name}/{f.name}\n" for split, f in files.items())
-        )
-        counts = {split: pq.read_metadata(f).num_rows for split, f in files.items()}
+        files[domain_dir.name] = {split: f"{domain_dir.name}/{f.name}" for split, f in splits.items()}
+        counts = {split: pq.read_metadata(f).num_rows for split, f in splits.items()}
         info = resolve_domain(domain_dir.name)
         licence = info.license if info is not None else "see the source dataset"
         cells = " | ".join(str(counts.get(split, "–")) for split in ("train", "validation", "test"))
         rows.append(f"| {domain_dir.name} | {cells} | {licence} |")
-    card = (
-        "---\nconfigs:\n" + "".join(configs) + "license: other\ntags:\n- few-shot-learning\n- meta-dataset\n---\n\n"
+    metadata = {"configs": domain_configs(files), "license": "other", "tags": ["few-shot-learning", "meta-dataset"]}
+    body = (
         f"# {title}\n\nOne config per domain; splits hold disjoint classes. Columns: `image`, `label` (domain-global "
         "class id), `class_name`, `superclass` (−1 if none), `domain`, and `ancestors` (WordNet nodes above the "
         "class) for ImageNet. Rows are sorted by class and shuffled once within each class.\n\n"
@@ -278,9 +155,14 @@ def dataset_card(output_dir: str | Path, title: str = "Meta-Dataset (converted w
         + "\n".join(rows)
         + "\n\nEach domain keeps the licence and terms of its source dataset; check them before use.\n"
     )
-    path = output_dir / "README.md"
-    path.write_text(card)
-    return path
+    return write_dataset_card(output_dir, metadata, body)
 
 
-__all__ = ["MetaDatasetSpec", "SPEC_SPLITS", "convert_domain", "dataset_card", "split_features", "write_split"]
+__all__ = [  # MetaDatasetSpec, SPEC_SPLITS and split_features are re-exported: they lived here before
+    "SPEC_SPLITS",
+    "MetaDatasetSpec",
+    "convert_domain",
+    "dataset_card",
+    "split_features",
+    "write_split",
+]

@@ -4,7 +4,7 @@ The sampler reads only the integer label column and returns row indices; the col
 the rows of one episode. Every episode is a pure function of `(seed, epoch, index)`, so the same test
 tasks come out on every machine, in every DataLoader worker and in every distributed rank.
 
-Protocols (DATA.md §2):
+Protocols (docs/data.md, "Episodes"):
 - `"md"`: Meta-Dataset's variable way / variable shot episodes, with Omniglot-style superclass and
   ImageNet-style hierarchy sampling of the classes when the split has that structure;
 - `"fixed"`: N-way K-shot with Q queries per class, classes drawn uniformly;
@@ -13,11 +13,9 @@ Protocols (DATA.md §2):
 
 from __future__ import annotations
 
-import io
 import itertools
 import json
 import numbers
-import os
 from collections.abc import Callable, Hashable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -27,9 +25,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from hf_fewshot.data.metadataset import column_as_numpy
+from hf_fewshot.data.domains import column_as_numpy, domain_of
+from hf_fewshot.data.images import decode_image, raw_images
 from hf_fewshot.data.schema import NO_SUPERCLASS
-from hf_fewshot.models.image_processing import to_rgb
+from hf_fewshot.files import write_atomically
 
 PROTOCOLS = ("md", "fixed", "md_5shot")
 
@@ -150,7 +149,7 @@ class EpisodeSampler(_EpisodeSequence):
         hierarchy: Mapping[Hashable, Sequence[Hashable]] | None = None,
         **kwargs,
     ) -> EpisodeSampler:
-        """A sampler over a domain split with the schema of DATA.md §1; no image is decoded.
+        """A sampler over a domain split with the schema of docs/data.md, "The schema"; no image is decoded.
 
         The `superclass` column (when present and not all −1) turns on superclass sampling; an `ancestors`
         column (the hierarchy nodes above each row's class, written by the Meta-Dataset converter) turns on
@@ -160,8 +159,8 @@ class EpisodeSampler(_EpisodeSequence):
         superclasses = column_as_numpy(dataset, "superclass") if "superclass" in dataset.column_names else None
         if hierarchy is None and "ancestors" in dataset.column_names:
             hierarchy = _hierarchy_from_ancestors(dataset, labels)
-        if "domain" in dataset.column_names and "domain" not in kwargs:
-            kwargs["domain"] = dataset.with_format("arrow")[:1]["domain"][0].as_py()
+        if "domain" not in kwargs:
+            kwargs["domain"] = domain_of(dataset)
         return cls(labels, superclasses=superclasses, hierarchy=hierarchy, **kwargs)
 
     # ----------------------------------------------------------------------------------- validation
@@ -321,7 +320,7 @@ class EpisodeSampler(_EpisodeSequence):
         return rng.choice(pool, n_way, replace=False)
 
     def _variable_shots(self, rng: np.random.Generator, sizes: np.ndarray, queries: int) -> np.ndarray:
-        """Meta-Dataset's support size and imbalanced shots per class (DATA.md §2)."""
+        """Meta-Dataset's support size and imbalanced shots per class (docs/data.md, "Episodes")."""
         remaining = sizes - queries
         beta = rng.uniform()
         support_size = min(
@@ -386,18 +385,14 @@ class FrozenEpisodes(_EpisodeSequence):
         return self.episodes[index]
 
     def save(self, path: str | Path) -> Path:
-        """A small JSON file: the metadata and, per episode, its row indices and episode-relative labels."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
+        """A small JSON file (written whole or not at all): the metadata and, per episode, its row indices and
+        episode-relative labels."""
         fields = ("support_indices", "support_labels", "query_indices", "query_labels", "classes")
         payload = {
             "metadata": self.metadata,
             "episodes": [{name: getattr(e, name).tolist() for name in fields} for e in self.episodes],
         }
-        staging = path.with_name(f".{path.name}.partial")
-        staging.write_text(json.dumps(payload, separators=(",", ":")))
-        os.replace(staging, path)
-        return path
+        return write_atomically(path, json.dumps(payload, separators=(",", ":")))
 
     @classmethod
     def load(cls, path: str | Path) -> FrozenEpisodes:
@@ -440,8 +435,7 @@ class EpisodeCollator:
         for domain, dataset in datasets_by_domain.items():
             if image_column not in dataset.column_names:
                 raise ValueError(f"Domain {domain!r} has no column {image_column!r}: {dataset.column_names}.")
-            raw = dataset.select_columns([image_column]).cast_column(image_column, datasets.Image(decode=False))
-            self.images[domain] = raw.with_format("arrow")
+            self.images[domain] = raw_images(dataset, image_column)
         self.transform = transform
         self.image_column = image_column
 
@@ -461,17 +455,6 @@ class EpisodeCollator:
             "query_pixel_values": pixel_values[n_support:],
             "query_labels": torch.as_tensor(episode.query_labels, dtype=torch.long),
         }
-
-
-def decode_image(record: dict, row: int, domain: str | None) -> Image.Image:
-    """Open one stored image (bytes or a path) as RGB (`to_rgb`: EXIF, bit depth, transparency), naming the row when
-    it cannot be read."""
-    try:
-        source = io.BytesIO(record["bytes"]) if record.get("bytes") is not None else record["path"]
-        with Image.open(source) as image:
-            return to_rgb(image)
-    except Exception as error:  # PIL raises several types for corrupt data; report them all the same way
-        raise ValueError(f"Cannot decode the image of row {row} (domain {domain!r}): {error}") from error
 
 
 def episode_loader(

@@ -1,22 +1,33 @@
-"""Meta-Dataset domains in `datasets`: the domain registry and `load_domain`.
+"""Meta-Dataset (Triantafillou et al., 2020): what the library knows of its domains before reading any data.
 
-A domain split is one `datasets.Dataset` with the columns of `hf_fewshot.data.schema`; classes of
-the train / validation / test splits are disjoint (DATA.md §1). `load_domain` accepts every place a
-user keeps such data (the Hub, a parquet or `save_to_disk` folder, an image folder, or the MiniMeta
-copy that ships with the package) and checks the schema before any episode is sampled, so that a
-wrong column fails here with a message instead of deep inside a training step.
+- The registry (`META_DATASET_DOMAINS`): the official class splits of each domain (docs/data.md, "The schema"), how
+the "md"
+  protocol samples its classes, its licence; `MD_TRAIN_DOMAINS` and `MD_EVAL_DOMAINS` name the papers' lists.
+- The specification of the official release (`MetaDatasetSpec`): one `dataset_spec.json` per domain, in three kinds
+  (google-research/meta-dataset, `data/dataset_spec.py`), all with one `{class id}.tfrecords` file per class and
+  class ids contiguous in the order train, validation, test:
+  - `DatasetSpecification`: `classes_per_split` counts (keys `"TRAIN"`, `"VALID"`, `"TEST"`), `class_names`.
+  - `BiLevelDatasetSpecification` (Omniglot): `superclasses_per_split`, `classes_per_superclass`,
+    `superclass_names`; superclass s owns the next `classes_per_superclass[s]` class ids.
+  - `HierarchicalDatasetSpecification` (ImageNet): `split_subgraphs[split]`, a list of WordNet nodes
+    `{wn_id, children_ids, ...}`; its leaves are the split's classes (`class_names` maps id → wn_id).
+
+Reading the records is `tfrecord.py`, writing parquet `conversion.py`, loading any domain `domains.load_domain`.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import datasets
-import numpy as np
-import pyarrow.parquet
-
-from hf_fewshot.data.schema import NO_SUPERCLASS, REQUIRED_COLUMNS, SPLITS, domain_features
+from hf_fewshot.data.domains import (  # re-exported: they lived here before `domains.py`
+    check_path_component,
+    column_as_numpy,
+    load_domain,
+    validate_domain_split,
+)
+from hf_fewshot.data.schema import NO_SUPERCLASS
 
 
 @dataclass(frozen=True)
@@ -65,7 +76,7 @@ META_DATASET_DOMAINS: dict[str, DomainInfo] = {
         DomainInfo("cifar100", _splits(0, 0, 100), "flat", "MIT-style (CIFAR)"),
     )
 }
-"""The official Meta-Dataset class splits (DATA.md §1) plus the extra test-only sets used by papers."""
+"""The official Meta-Dataset class splits (docs/data.md, "The schema") plus the extra test-only sets used by papers."""
 
 MD_TRAIN_DOMAINS: tuple[str, ...] = (
     "ilsvrc_2012",
@@ -92,177 +103,118 @@ def resolve_domain(name: str) -> DomainInfo | None:
     return None
 
 
-def load_domain(source: str | Path, domain: str, split: str = "train") -> datasets.Dataset:
-    """Load one split of one domain as a schema-checked `datasets.Dataset`.
-
-    `source` is one of:
-    - `"minimeta"`: the offline benchmark that ships with the package (`hf_fewshot.data.minimeta`);
-    - a local folder holding `{domain}/{split}.parquet` (or `{domain}/{split}-*.parquet`);
-    - a local `save_to_disk` folder of a `DatasetDict` (or `{source}/{domain}` being one);
-    - a local image folder `{source}/{domain}/{split}/{class_name}/*.png|jpg` (labels follow the
-      sorted class-folder names);
-    - a Hub dataset id with one config per domain (`datasets.load_dataset(source, domain, split=split)`).
-
-    Missing `class_name`, `superclass` and `domain` columns are filled with `str(label)`, -1 and
-    `domain`; a missing `image` or `label` column, non-integer labels or an empty split raise `ValueError`.
-    """
-    if split not in SPLITS:
-        raise ValueError(f"Unknown split {split!r}; expected one of {SPLITS}.")
-    check_path_component(domain, "domain")
-    if str(source) == "minimeta":
-        return _load_minimeta(domain, split)
-    path = Path(source)
-    dataset = _load_local(path, domain, split) if path.exists() else _load_hub(str(source), domain, split)
-    return validate_domain_split(dataset, domain, split, origin=str(source))
+SPEC_SPLITS = {"TRAIN": "train", "VALID": "validation", "TEST": "test"}
 
 
-def _load_minimeta(domain: str, split: str) -> datasets.Dataset:
-    # Imported here so that `python -m hf_fewshot.data.minimeta` does not import itself twice.
-    from hf_fewshot.data import minimeta
+@dataclass(frozen=True)
+class MetaDatasetSpec:
+    """One domain's classes: ids per split, names, superclass of each class, and per-split WordNet hierarchies
+    (node → children, leaves replaced by class ids) for hierarchical domains."""
 
-    if domain not in minimeta.DOMAINS:
-        raise ValueError(f"MiniMeta has no domain {domain!r}; its domains are {minimeta.DOMAINS}.")
-    file = minimeta.PREBUILT_DIR / domain / f"{split}.parquet"
-    if not file.exists():
-        available = sorted(p.stem for p in (minimeta.PREBUILT_DIR / domain).glob("*.parquet"))
-        hint = " (it is test-only)" if domain in minimeta.TEST_ONLY_DOMAINS else ""
-        raise ValueError(f"MiniMeta domain {domain!r} has no {split!r} split{hint}; available splits: {available}.")
-    dataset = datasets.Dataset.from_parquet(str(file), features=domain_features(), keep_in_memory=True)
-    return validate_domain_split(dataset, domain, split, origin="minimeta")
+    name: str
+    split_classes: dict[str, list[int]]
+    class_names: dict[int, str]
+    class_superclass: dict[int, int]
+    superclass_names: dict[int, str]
+    hierarchies: dict[str, dict[str, list]]
+    file_pattern: str = "{}.tfrecords"
 
-
-IN_MEMORY_BYTES = 2**30
-"""Local parquet splits smaller than this load into memory; larger ones are memory-mapped (Arrow cache)."""
-
-
-def _load_local(path: Path, domain: str, split: str) -> datasets.Dataset:
-    domain_dir = path / domain
-    parquet_files = sorted(domain_dir.glob(f"{split}.parquet")) + sorted(domain_dir.glob(f"{split}-*.parquet"))
-    if parquet_files:
-        if sum(pyarrow.parquet.read_metadata(f).num_rows for f in parquet_files) == 0:
-            raise ValueError(f"{domain_dir} ({domain}/{split}) is empty: its parquet files hold no rows.")
-        # Small splits stay in memory; a converted ImageNet (100+ GB) is memory-mapped from the datasets cache.
-        small = sum(f.stat().st_size for f in parquet_files) < IN_MEMORY_BYTES
-        return datasets.Dataset.from_parquet([str(f) for f in parquet_files], keep_in_memory=small)
-    for candidate in (domain_dir, path):
-        if (candidate / "dataset_dict.json").exists():
-            saved = datasets.load_from_disk(str(candidate))
-            if split not in saved:
-                raise ValueError(f"{candidate} has no split {split!r}; it has {sorted(saved)}.")
-            return saved[split]
-    if (domain_dir / split).is_dir():
-        return _load_image_folder(domain_dir / split, domain, path)
-    raise ValueError(
-        f"Found no data for domain {domain!r}, split {split!r} under {path}: expected "
-        f"{domain}/{split}.parquet, a save_to_disk DatasetDict, or an image folder {domain}/{split}/<class>/."
-    )
-
-
-_IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
-
-
-def check_path_component(name: str, what: str) -> str:
-    """`name` if it is one plain file or folder name; `..`, separators and absolute paths would lead a domain or
-    a converted dataset's name outside the folder it belongs in."""
-    if (
-        not isinstance(name, str)
-        or name in ("", ".", "..")
-        or any(c in name for c in "/\\\0")
-        or Path(name).is_absolute()
-    ):
-        raise ValueError(f"{what} {name!r} is not a plain name: it must not hold path separators or be '.' / '..'.")
-    return name
-
-
-def _inside(path: Path, root: Path) -> bool:
-    return path.resolve().is_relative_to(root.resolve())
-
-
-def _load_image_folder(split_dir: Path, domain: str, root: Path) -> datasets.Dataset:
-    """Read `<class_name>/<image>` files; labels number the sorted class folders from 0. Symlinks that lead out of
-    `root` are refused: a folder of images must not pull in files from elsewhere (and embed them on conversion)."""
-    outside = []
-    class_dirs = []
-    for candidate in sorted(p for p in split_dir.iterdir() if p.is_dir()):
-        (class_dirs if _inside(candidate, root) else outside).append(candidate)
-    rows: dict[str, list] = {column: [] for column in ("image", "label", "class_name", "superclass", "domain")}
-    for label, class_dir in enumerate(class_dirs):
-        for file in sorted(p for p in class_dir.iterdir() if p.suffix.lower() in _IMAGE_SUFFIXES):
-            if not _inside(file, root):
-                outside.append(file)
-                continue
-            rows["image"].append(str(file))
-            rows["label"].append(label)
-            rows["class_name"].append(class_dir.name)
-            rows["superclass"].append(NO_SUPERCLASS)
-            rows["domain"].append(domain)
-    if outside:  # refused, not skipped: a split silently missing images or classes is a wrong result too
-        raise ValueError(
-            f"{len(outside)} image or class-folder symlink(s) lead out of {root} (e.g. "
-            f"{', '.join(map(str, outside[:3]))}): nothing outside the source folder is read. Copy the files in, or "
-            "give the folder they live in as the source."
+    @classmethod
+    def from_json(cls, path: str | Path) -> MetaDatasetSpec:
+        """Read a `dataset_spec.json` written by the official converter; errors name what is missing."""
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"No dataset_spec.json at {path}: point to a domain folder of the official records."
+            )
+        spec = json.loads(path.read_text())
+        kind = spec.get("__class__")
+        readers = {
+            "DatasetSpecification": _flat,
+            "BiLevelDatasetSpecification": _bilevel,
+            "HierarchicalDatasetSpecification": _hierarchical,
+        }
+        if kind not in readers:
+            raise ValueError(f"{path}: unknown spec type {kind!r}; expected one of {sorted(readers)}.")
+        try:
+            class_names = {int(k): str(v) for k, v in spec["class_names"].items()}
+            split_classes, superclasses, superclass_names, hierarchies = readers[kind](spec, class_names)
+        except KeyError as missing:
+            raise ValueError(f"{path}: a {kind} needs the key {missing}.") from None
+        name = check_path_component(spec.get("name", path.parent.name), f"{path}: the domain name")
+        file_pattern = spec.get("file_pattern", "{}.tfrecords")
+        check_path_component(file_pattern.format(0), f"{path}: the record file pattern {file_pattern!r} gives")
+        return cls(
+            name=name,
+            split_classes=split_classes,
+            class_names=class_names,
+            class_superclass=superclasses,
+            superclass_names=superclass_names,
+            hierarchies=hierarchies,
+            file_pattern=file_pattern,
         )
-    return datasets.Dataset.from_dict(rows, features=domain_features())
+
+    def superclass_of(self, class_id: int) -> int:
+        return self.class_superclass.get(class_id, NO_SUPERCLASS)
 
 
-def _load_hub(repo_id: str, domain: str, split: str) -> datasets.Dataset:
-    info = resolve_domain(domain)
-    if info is not None and not info.has_split(split):
-        raise ValueError(
-            f"Meta-Dataset domain {info.name!r} has no {split!r} classes (classes per split: {info.num_classes})."
-        )
-    try:
-        return datasets.load_dataset(repo_id, domain, split=split)
-    except (FileNotFoundError, ConnectionError, datasets.exceptions.DatasetNotFoundError) as error:
-        raise ValueError(
-            f"{repo_id!r} is neither a local folder nor a reachable Hub dataset with a config {domain!r}: {error}"
-        ) from error
+def _contiguous(counts: dict[str, int]) -> dict[str, list[int]]:
+    """Class ids per split from counts in the order train, validation, test."""
+    split_classes, start = {}, 0
+    for key, split in SPEC_SPLITS.items():
+        count = int(counts.get(key, 0))
+        split_classes[split] = list(range(start, start + count))
+        start += count
+    return split_classes
 
 
-def validate_domain_split(
-    dataset: datasets.Dataset, domain: str, split: str, origin: str = "the dataset"
-) -> datasets.Dataset:
-    """Check the schema of a domain split and fill the optional columns; raise `ValueError` on bad data."""
-    where = f"{origin} ({domain}/{split})"
-    missing = [column for column in REQUIRED_COLUMNS if column not in dataset.column_names]
-    if missing:
-        raise ValueError(
-            f"{where} lacks the column(s) {missing}; it has {dataset.column_names}. "
-            "Rename your columns, e.g. dataset.rename_column('img', 'image')."
-        )
-    if len(dataset) == 0:
-        raise ValueError(f"{where} is empty: a split needs at least one class with images.")
-    if not isinstance(dataset.features["image"], datasets.Image):
-        raise ValueError(
-            f"{where}: column 'image' is {dataset.features['image']!r}, not a datasets.Image; "
-            "cast it with dataset.cast_column('image', datasets.Image())."
-        )
-    label_feature = dataset.features["label"]
-    label_dtype = getattr(label_feature, "dtype", None)
-    if not (isinstance(label_feature, datasets.ClassLabel) or str(label_dtype).startswith(("int", "uint"))):
-        raise ValueError(
-            f"{where}: column 'label' has type {label_dtype or label_feature!r}; labels must be integer class ids. "
-            "Map names to ids first, e.g. dataset.class_encode_column('label')."
-        )
-    if dataset.with_format("arrow")["label"].null_count:  # the rows of this view (after filter / select)
-        raise ValueError(f"{where}: column 'label' has missing (null) values; every image needs a class id.")
-    labels = column_as_numpy(dataset, "label")
-    if labels.min() < 0:
-        raise ValueError(f"{where}: labels must be ≥ 0, found {int(labels.min())}.")
-    defaults = {
-        "class_name": lambda: [str(label) for label in labels],
-        "superclass": lambda: np.full(len(labels), NO_SUPERCLASS, dtype=np.int64),
-        "domain": lambda: [domain] * len(labels),
-    }
-    for column, values in defaults.items():
-        if column not in dataset.column_names:
-            dataset = dataset.add_column(column, values(), feature=domain_features()[column])
-    return dataset
+def _flat(spec: dict, class_names: dict[int, str]):
+    return _contiguous(spec["classes_per_split"]), {}, {}, {}
 
 
-def column_as_numpy(dataset: datasets.Dataset, column: str) -> np.ndarray:
-    """A whole column as a numpy array, read through Arrow: no image is decoded, select()/shuffle() views hold.
+def _bilevel(spec: dict, class_names: dict[int, str]):
+    per_superclass = {int(k): int(v) for k, v in spec["classes_per_superclass"].items()}
+    superclass_names = {int(k): str(v) for k, v in spec["superclass_names"].items()}
+    superclass_splits = _contiguous(spec["superclasses_per_split"])
+    class_superclass, split_classes, start = {}, {}, 0
+    for split, superclasses in superclass_splits.items():
+        split_classes[split] = []
+        for superclass in superclasses:
+            ids = range(start, start + per_superclass[superclass])
+            class_superclass.update(dict.fromkeys(ids, superclass))
+            split_classes[split].extend(ids)
+            start += per_superclass[superclass]
+    return split_classes, class_superclass, superclass_names, {}
 
-    (The "numpy" format builds the array row by row: ~1000× slower on a 300k-row split.)
-    """
-    return dataset.with_format("arrow")[column].to_numpy()
+
+def _hierarchical(spec: dict, class_names: dict[int, str]):
+    ids_of = {wn_id: class_id for class_id, wn_id in class_names.items()}
+    split_classes, hierarchies = {}, {}
+    for key, split in SPEC_SPLITS.items():
+        nodes = spec["split_subgraphs"].get(key, [])
+        leaves = {node["wn_id"] for node in nodes if not node["children_ids"]}
+        unknown = sorted(leaves - ids_of.keys())
+        if unknown:
+            raise ValueError(f"Leaves of the {split} sub-graph have no class id in class_names: {unknown[:5]}.")
+        split_classes[split] = sorted(ids_of[leaf] for leaf in leaves)
+        hierarchies[split] = {
+            node["wn_id"]: [ids_of[child] if child in leaves else child for child in node["children_ids"]]
+            for node in nodes
+            if node["children_ids"]
+        }
+    return split_classes, {}, {}, hierarchies
+
+
+__all__ = [
+    "MD_EVAL_DOMAINS",
+    "MD_TRAIN_DOMAINS",
+    "META_DATASET_DOMAINS",
+    "SPEC_SPLITS",
+    "DomainInfo",
+    "MetaDatasetSpec",
+    "check_path_component",
+    "column_as_numpy",
+    "load_domain",
+    "resolve_domain",
+    "validate_domain_split",
+]

@@ -1,4 +1,5 @@
-"""The column schema every domain split follows (DATA.md §1), shared by loaders, converters and builders."""
+"""The column schema every domain split follows (docs/data.md, "The schema"), shared by loaders, converters, builders
+and samplers."""
 
 from __future__ import annotations
 
@@ -25,3 +26,13 @@ def domain_features() -> datasets.Features:
             "domain": datasets.Value("string"),
         }
     )
+
+
+def split_features(hierarchical: bool) -> datasets.Features:
+    """The schema of docs/data.md, "The schema", plus `ancestors` (the WordNet nodes above each class) for
+    hierarchical domains: the hierarchy travels with the rows, through parquet, `save_to_disk` and the Hub alike (the
+    Meta-Dataset converter writes it, `EpisodeSampler.from_dataset` reads it)."""
+    features = domain_features()
+    if hierarchical:
+        features["ancestors"] = datasets.List(datasets.Value("string"))
+    return features

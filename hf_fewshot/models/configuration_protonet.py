@@ -13,6 +13,15 @@ class ProtoNetConfig(FewShotConfig):
     """
 
     model_type = "fewshot_protonet"
+    summary = (
+        "**P>M>F** ProtoNet: a pre-trained ViT meta-tuned end to end as a prototypical network with a cosine head "
+        "(learnable scale and bias)."
+    )
+    papers = (
+        "Hu et al., *Pushing the Limits of Simple Pipelines for Few-Shot Learning: External Data and Fine-Tuning "
+        "Make a Difference* (P>M>F), CVPR 2022 ([arXiv:2204.07305](https://arxiv.org/abs/2204.07305))",
+        "Snell et al., *Prototypical Networks for Few-shot Learning*, NeurIPS 2017",
+    )
 
     learn_logit_scale: bool = True
     learn_logit_bias: bool = True

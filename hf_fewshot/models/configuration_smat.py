@@ -1,4 +1,5 @@
-"""Configuration of SMAT, sparse interpolated experts (Chen et al., ICML 2024): every field of SMAT.md §1–§5."""
+"""Configuration of SMAT, sparse interpolated experts (Chen et al., ICML 2024): every field of docs/smat.md, "The
+configuration"."""
 
 import math
 
@@ -57,6 +58,16 @@ class SmatConfig(FewShotConfig):
     """
 
     model_type = "fewshot_smat"
+    summary = (
+        "**SMAT** (sparse interpolated experts): a frozen pre-trained ViT plus one dense delta shared by sparse "
+        "experts; a router reads a task's support set and merges the experts into one task-specific ViT, which "
+        "classifies queries by cosine similarity to the class prototypes."
+    )
+    papers = (
+        "Chen et al., *Unleashing the Power of Meta-tuning for Few-shot Generalization Through Sparse Interpolated "
+        "Experts*, ICML 2024 ([arXiv:2403.08477](https://arxiv.org/abs/2403.08477))",
+        "Caron et al., *Emerging Properties in Self-Supervised Vision Transformers* (DINO), ICCV 2021",
+    )
 
     num_experts: int = 8
     masked_parameter_patterns: list[str] | None = None
@@ -84,6 +95,19 @@ class SmatConfig(FewShotConfig):
     router_logit_penalty: float = 1e-4
     router_top_k: int | None = None
     support_query_split: bool = True
+
+    @classmethod
+    def settings_for_training(cls, settings: dict, num_tasks: int) -> dict:
+        """Without a given `router_tau_decay_tasks`, the decay that brings τ_r to its minimum after 36% of the
+        `num_tasks` training tasks, as the paper's 4000 does over its 50,000 (`router_tau_decay_for`)."""
+        settings = dict(settings)
+        if "router_tau_decay_tasks" not in settings:
+            start, end = (
+                settings.get("router_tau_start", cls.router_tau_start),
+                settings.get("router_tau_min", cls.router_tau_min),
+            )
+            settings["router_tau_decay_tasks"] = router_tau_decay_for(num_tasks, start, end)
+        return settings
 
     def __post_init__(self, **kwargs):
         if self.masked_parameter_patterns is None:

@@ -1,4 +1,4 @@
-"""SMAT: sparse interpolated experts (Chen et al., ICML 2024, arXiv 2403.08477), as specified in SMAT.md.
+"""SMAT: sparse interpolated experts (Chen et al., ICML 2024, arXiv 2403.08477), as specified in docs/smat.md.
 
 A frozen pre-trained backbone θ_pre, one dense delta θ_δ (zero at start) and M experts, each a set of
 hard-concrete gates z_m over the delta's elements. A router reads the support set and mixes the experts
@@ -12,7 +12,6 @@ The backbone runs functionally on the merged tensors (`torch.func.functional_cal
 import copy
 import math
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -34,6 +33,7 @@ from .prototypes import (
     cosine_logits,
     eval_mode,
 )
+from .smat_gates import GateCode, GateSettings, MixedExpertGates
 
 
 @dataclass
@@ -52,163 +52,6 @@ class SmatOutput(FewShotOutput):
     expert_weights: torch.Tensor | None = None
     expert_sparsity: torch.Tensor | None = None
     router_tau: float | None = None
-
-
-@dataclass(frozen=True)
-class GateSettings:
-    """The hard-concrete constants of one gate evaluation (train or eval) and the seed of its noise."""
-
-    beta: float
-    gamma: float
-    zeta: float
-    noise: float
-    seed: int
-    density_shift: float
-    chunk_size: int = 1 << 16  # columns per chunk: M × 64k floats stay in cache
-
-    def column_chunks(self, num_elements: int) -> Iterator[slice]:
-        """The column slices the `[M, N]` bank is processed in."""
-        for start in range(0, num_elements, self.chunk_size):
-            yield slice(start, start + self.chunk_size)
-
-    def noisy_chunks(self, log_alpha: torch.Tensor):
-        """Yield `(column slice, log α + logit(u))` chunk by chunk; the same noise every time (seeded per call)."""
-        generator = None
-        if self.noise > 0:
-            generator = torch.Generator(device=log_alpha.device).manual_seed(self.seed)
-        for columns in self.column_chunks(log_alpha.shape[1]):
-            chunk = log_alpha[:, columns]
-            if generator is not None:
-                u = torch.rand(chunk.shape, generator=generator, device=chunk.device, dtype=chunk.dtype)
-                u = (0.5 + self.noise * (u - 0.5)).clamp_(1e-6, 1 - 1e-6)
-                chunk = chunk + torch.logit(u)
-            yield columns, chunk
-
-    def gates(self, noisy_log_alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(s, z)`: s = sigmoid(x / β) and the gate z = clamp(s·(ζ − γ) + γ, 0, 1)."""
-        s = torch.sigmoid(noisy_log_alpha / self.beta)
-        return s, (s * (self.zeta - self.gamma) + self.gamma).clamp_(0.0, 1.0)
-
-    def slope(self, s: torch.Tensor, gates: torch.Tensor) -> torch.Tensor:
-        """∂z/∂x = (ζ − γ)/β · s(1 − s) where 0 < z < 1; 0 where the clamp saturates the gate."""
-        inside = (gates > 0) & (gates < 1)
-        return s * (1 - s) * ((self.zeta - self.gamma) / self.beta) * inside
-
-
-class _GateCode:
-    """The gates of a bank in compact form, valid while log α does not change (between optimizer steps, at eval).
-
-    Once trained, almost every gate is exactly 0 or 1, so the experts open at element n form a subset,
-    coded in `codes[n]` (bit m = expert m). Then `Σ_m a_m z_mn = table[codes[n]]` with
-    `table[c] = Σ_{m ∈ c} a_m`: one gather over N elements instead of M·N sigmoids, and the gradient of
-    the weights one scatter-add. An element with a fractional gate gets the extra code 2^M (a zero row of
-    the table) and keeps its M gate values in `fractional_gates`.
-    """
-
-    max_experts = 15
-    max_fractional_share = 0.25  # beyond this the bank is not saturated yet and the code would not pay
-
-    def __init__(self, codes, fractional_index, fractional_gates, closed_fraction):
-        self.codes, self.fractional_index, self.fractional_gates = codes, fractional_index, fractional_gates
-        self.closed_fraction = closed_fraction
-        num_experts = len(closed_fraction)
-        subsets = torch.arange(2**num_experts + 1, device=codes.device).unsqueeze(1)
-        membership = (subsets >> torch.arange(num_experts, device=codes.device)) & 1
-        membership[-1] = 0  # the code of elements with a fractional gate
-        self.membership = membership.to(fractional_gates.dtype)
-
-    @classmethod
-    @torch.no_grad()
-    def build(cls, log_alpha: torch.Tensor, settings: GateSettings) -> "_GateCode | None":
-        num_experts, num_elements = log_alpha.shape
-        if num_experts > cls.max_experts or settings.noise > 0:
-            return None
-        bits = (2 ** torch.arange(num_experts, device=log_alpha.device, dtype=torch.int32)).unsqueeze(1)
-        codes, fractional_index, fractional_gates = [], [], []
-        closed, fractional_count = log_alpha.new_zeros(num_experts), 0
-        for columns, noisy in settings.noisy_chunks(log_alpha):
-            _, gates = settings.gates(noisy)
-            chunk_codes = ((gates == 1).int() * bits).sum(dim=0, dtype=torch.int32)
-            fractional = ((gates > 0) & (gates < 1)).any(dim=0).nonzero().squeeze(1)
-            fractional_count += len(fractional)
-            if fractional_count > cls.max_fractional_share * num_elements:
-                return None
-            chunk_codes[fractional] = 2**num_experts
-            codes.append(chunk_codes)
-            fractional_index.append(fractional + columns.start)
-            fractional_gates.append(gates[:, fractional])
-            closed += (gates == 0).sum(dim=1)
-        return cls(
-            torch.cat(codes), torch.cat(fractional_index), torch.cat(fractional_gates, dim=1), closed / num_elements
-        )
-
-    def mix(self, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
-        """`Σ_m a_m z_mn` for every element; `out` (a reused buffer) spares a large allocation."""
-        mixed = torch.index_select(self.membership @ weights, 0, self.codes, out=out)
-        mixed[self.fractional_index] = weights @ self.fractional_gates
-        return mixed
-
-    def weights_grad(self, upstream: torch.Tensor) -> torch.Tensor:
-        """`∂L/∂a_m = Σ_n z_mn · ∂L/∂mixed_n`, summed per code first."""
-        per_code = upstream.new_zeros(len(self.membership)).index_add_(0, self.codes, upstream)
-        return self.membership.T @ per_code + self.fractional_gates @ upstream[self.fractional_index]
-
-
-class _MixedExpertGates(torch.autograd.Function):
-    """Σ_m a_m z_m, the expected densities and the closed fractions of the `[M, N]` bank.
-
-    No `[M, N]` intermediate is kept for autograd (8 experts × 21.7 M gates would cost GBs). With a
-    `_GateCode` (deterministic, saturated gates) the mixture and its gradients touch N elements plus the
-    fractional ones; otherwise one chunked pass, and the backward recomputes each chunk's gates with the
-    same noise. The densities (a sigmoid pass) are only computed when `with_density` is set.
-    """
-
-    @staticmethod
-    def forward(ctx, log_alpha, weights, settings: GateSettings, code: _GateCode | None, with_density: bool):
-        num_experts, num_elements = log_alpha.shape
-        density = log_alpha.new_zeros(num_experts)
-        if code is not None:
-            mixed, closed = code.mix(weights), code.closed_fraction.clone()
-        else:
-            mixed, closed = log_alpha.new_empty(num_elements), log_alpha.new_zeros(num_experts)
-            for columns, noisy in settings.noisy_chunks(log_alpha):
-                _, gates = settings.gates(noisy)
-                mixed[columns] = weights @ gates
-                closed += (gates == 0).sum(dim=1)
-            closed /= num_elements
-        if with_density:
-            for columns in settings.column_chunks(num_elements):
-                density += torch.sigmoid(log_alpha[:, columns] - settings.density_shift).sum(dim=1)
-            density /= num_elements
-        ctx.save_for_backward(log_alpha, weights)
-        ctx.settings, ctx.code = settings, code
-        ctx.mark_non_differentiable(closed)
-        return mixed, density, closed
-
-    @staticmethod
-    def backward(ctx, grad_mixed, grad_density, _):
-        log_alpha, weights = ctx.saved_tensors
-        settings, code = ctx.settings, ctx.code
-        grad_log_alpha = torch.zeros_like(log_alpha)
-        grad_weights = torch.zeros_like(weights)
-        if grad_mixed is not None and code is not None:
-            grad_weights = code.weights_grad(grad_mixed)
-            index, gates = code.fractional_index, code.fractional_gates
-            s = torch.sigmoid(log_alpha[:, index] / settings.beta)
-            grad_log_alpha[:, index] = weights.unsqueeze(1) * grad_mixed[index] * settings.slope(s, gates)
-        elif grad_mixed is not None:
-            for columns, noisy in settings.noisy_chunks(log_alpha):
-                s, gates = settings.gates(noisy)
-                upstream = grad_mixed[columns]
-                grad_weights += gates @ upstream
-                grad_log_alpha[:, columns] += weights.unsqueeze(1) * upstream * settings.slope(s, gates)
-        # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: skip the sigmoid pass then.
-        if grad_density is not None and bool(grad_density.any()):
-            scale = (grad_density / log_alpha.shape[1]).unsqueeze(1)
-            for columns in settings.column_chunks(log_alpha.shape[1]):
-                sd = torch.sigmoid(log_alpha[:, columns] - settings.density_shift)
-                grad_log_alpha[:, columns] += scale * sd * (1 - sd)
-        return grad_log_alpha, grad_weights, None, None, None
 
 
 class SmatRouter(nn.Module):
@@ -348,7 +191,8 @@ class SmatModel(FewShotPreTrainedModel):
         )
 
     def expert_gates(self, training: bool | None = None) -> torch.Tensor:
-        """Hard-concrete gates z `[M, N]` in [0, 1] (SMAT.md §2), materialised: for analysis and plots.
+        """Hard-concrete gates z `[M, N]` in [0, 1] (docs/smat.md, "Parameters and the merge"), materialised: for
+        analysis and plots.
 
         Training: `clamp(sigmoid((log α + logit(u)) / β)·(ζ − γ) + γ, 0, 1)`, u uniform in a band of width
         `gate_noise` around 0.5; eval: the same with u = 0.5 and β_eval. Training and merging never
@@ -369,7 +213,7 @@ class SmatModel(FewShotPreTrainedModel):
         """
         settings = self._gate_settings(self.training if training is None else training)
         weights = expert_weights.to(self.gate_logits.dtype)
-        return _MixedExpertGates.apply(self.gate_logits, weights, settings, self._gate_code(settings), with_density)
+        return MixedExpertGates.apply(self.gate_logits, weights, settings, self._gate_code(settings), with_density)
 
     @torch.no_grad()
     def _gate_logits_key(self) -> tuple:
@@ -382,13 +226,13 @@ class SmatModel(FewShotPreTrainedModel):
         logits = self.gate_logits
         return logits.data_ptr(), logits._version, tuple(torch.sum(logits, dim=1).tolist())
 
-    def _gate_code(self, settings: GateSettings) -> _GateCode | None:
+    def _gate_code(self, settings: GateSettings) -> GateCode | None:
         if settings.noise > 0:
             return None
         key = self._gate_logits_key()
         cached = self._gate_codes.get(settings)
         if cached is None or cached[0] != key:
-            cached = self._gate_codes[settings] = (key, _GateCode.build(self.gate_logits.detach(), settings))
+            cached = self._gate_codes[settings] = (key, GateCode.build(self.gate_logits.detach(), settings))
         return cached[1]
 
     def expected_density(self) -> torch.Tensor:
@@ -417,7 +261,8 @@ class SmatModel(FewShotPreTrainedModel):
 
     @torch.no_grad()
     def clamp_gate_logits(self) -> None:
-        """Clamp log α to [gate_logit_min, gate_logit_max] in place before a training forward (SMAT.md §2).
+        """Clamp log α to [gate_logit_min, gate_logit_max] in place before a training forward (docs/smat.md,
+        "Parameters and the merge").
 
         Only after log α changed (an optimizer step): unchanged logits are not touched, so cached gate codes
         stay valid across the tasks of one update."""
@@ -492,8 +337,8 @@ class SmatModel(FewShotPreTrainedModel):
         query_pixel_values: torch.Tensor,
         query_labels: torch.Tensor | None = None,
     ) -> SmatOutput:
-        """One task. Training mode: route, merge, inner step, teachers, all loss terms (SMAT.md §5);
-        eval mode: route deterministically, merge, cosine prototypes, no inner step."""
+        """One task. Training mode: route, merge, inner step, teachers, all loss terms (docs/smat.md, "A meta-training
+        task: the loss"); eval mode: route deterministically, merge, cosine prototypes, no inner step."""
         n_way = check_episode(support_pixel_values, support_labels, query_pixel_values, query_labels)
         if self.training:
             return self._meta_train_task(support_pixel_values, support_labels, query_pixel_values, query_labels, n_way)
@@ -512,7 +357,10 @@ class SmatModel(FewShotPreTrainedModel):
         )
 
     def _meta_train_task(self, support_pixel_values, support_labels, query_pixel_values, query_labels, n_way):
-        config, scale = self.config, self.config.logit_scale
+        """SMAT's meta-training loss on one task (docs/smat.md, "A meta-training task: the loss"): route and merge,
+        one inner step on the support set, then the query loss, the distillation from the dense and the
+        pre-trained teachers, and the Lagrangian terms that hold each expert at its sparsity target."""
+        config = self.config
         given_queries = slice(-len(query_pixel_values), None)  # the logits returned: those of the given queries
         if not config.support_query_split and query_labels is not None:  # the "Meta ×" ablation: no held-out query
             support_pixel_values = query_pixel_values = torch.cat([support_pixel_values, query_pixel_values])
@@ -525,44 +373,19 @@ class SmatModel(FewShotPreTrainedModel):
         with_density = bool((self.sparsity_multipliers > 0).any())  # else L_sp = 0 whatever the densities
         mixed_gates, expected_density, sparsity = self.mix_expert_gates(weights, True, with_density)
         task_weights = self.merge_task_weights(weights, mixed_gates)
-
-        # Prototypes from θ_i with gradient, then one first-order inner SGD step on the support set.
-        support_features = backbone_features(self.backbone, support_pixel_values, task_weights)
-        prototypes = class_prototypes(support_features, support_labels, n_way)
-        head = prototypes.detach().requires_grad_()
-        support_loss = F.cross_entropy(cosine_logits(support_features, head, scale), support_labels)
-        *weight_grads, head_grad = torch.autograd.grad(support_loss, [*task_weights.values(), head], retain_graph=True)
-        adapted = _sgd_step(task_weights, weight_grads, config.inner_lr)
-        adapted_head = (prototypes.detach() - config.inner_lr * head_grad) + (prototypes - prototypes.detach())
-
+        adapted, adapted_head = self._inner_step(task_weights, support_pixel_values, support_labels, n_way)
         query_features = backbone_features(self.backbone, query_pixel_values, adapted)
-        logits = cosine_logits(query_features, adapted_head, scale)
+        logits = cosine_logits(query_features, adapted_head, config.logit_scale)
         if query_labels is None:
             return SmatOutput(logits=logits, expert_weights=weights.detach(), router_tau=self.router_tau)
 
         classification_loss = F.cross_entropy(logits, query_labels)
-        if config.kd_weight > 0:
-            teacher_logits = self._dense_teacher_logits(
-                classification_loss, adapted, adapted_head, query_pixel_values, query_labels
-            )
-            pre_logits = cosine_logits(pre_features[n_support:], pre_prototypes, scale)
-            distillation_loss = 0.5 * (
-                self._distillation(logits, teacher_logits) + self._distillation(logits, pre_logits)
-            )
-        else:  # no dense teachers (the ablation): neither teacher is computed
-            distillation_loss = torch.zeros_like(classification_loss)
-
-        gap = sparsity - config.sparsity_target
-        with torch.no_grad():  # an expert already sparse enough has its multiplier reset
-            self.sparsity_multipliers.masked_fill_(gap > 0, 0.0)
-        fixed_weights = weights.detach()
-        # L_λ = Σ Δ_m λ_m a_m. Δ is capped at 0: a reset multiplier gets no gradient, so a descent step cannot
-        # push it below 0 (λ ≥ 0); while the expert is too dense (Δ < 0) the step raises λ.
-        multiplier_loss = (gap.clamp(max=0.0) * self.sparsity_multipliers * fixed_weights).sum()
-        density_gap = expected_density - (1.0 - config.sparsity_target)
-        sparsity_loss = (density_gap * self.sparsity_multipliers.detach() * fixed_weights).sum()
+        pre_logits = cosine_logits(pre_features[n_support:], pre_prototypes, config.logit_scale)
+        distillation_loss = self._distillation_loss(
+            classification_loss, logits, pre_logits, adapted, adapted_head, query_pixel_values, query_labels
+        )
+        sparsity_loss, multiplier_loss = self._lagrangian_terms(sparsity, expected_density, weights.detach())
         router_penalty = config.router_logit_penalty * router_logits.pow(2).mean()
-
         loss = (
             (1 - config.kd_weight) * classification_loss
             + config.kd_weight * distillation_loss
@@ -578,10 +401,46 @@ class SmatModel(FewShotPreTrainedModel):
             sparsity_loss=sparsity_loss.detach(),
             multiplier_loss=multiplier_loss.detach(),
             router_penalty=router_penalty.detach(),
-            expert_weights=fixed_weights,
+            expert_weights=weights.detach(),
             expert_sparsity=sparsity,
             router_tau=self.router_tau,
         )
+
+    def _inner_step(self, task_weights, support_pixel_values, support_labels, n_way):
+        """Prototypes from θ_i with gradient, then one first-order SGD step on the support loss: (θ'_i, head')."""
+        scale, inner_lr = self.config.logit_scale, self.config.inner_lr
+        support_features = backbone_features(self.backbone, support_pixel_values, task_weights)
+        prototypes = class_prototypes(support_features, support_labels, n_way)
+        head = prototypes.detach().requires_grad_()
+        support_loss = F.cross_entropy(cosine_logits(support_features, head, scale), support_labels)
+        *weight_grads, head_grad = torch.autograd.grad(support_loss, [*task_weights.values(), head], retain_graph=True)
+        adapted_head = (prototypes.detach() - inner_lr * head_grad) + (prototypes - prototypes.detach())
+        return _sgd_step(task_weights, weight_grads, inner_lr), adapted_head
+
+    def _distillation_loss(
+        self, query_loss, logits, pre_logits, adapted, adapted_head, query_pixel_values, query_labels
+    ) -> torch.Tensor:
+        """The mean of the distillations from the dense teacher (θ'_i trained further on the query set) and the
+        pre-trained one (θ_pre's prototypes); zero without dense teachers (`kd_weight` 0, the ablation)."""
+        if self.config.kd_weight == 0:  # neither teacher is computed
+            return torch.zeros_like(query_loss)
+        teacher_logits = self._dense_teacher_logits(
+            query_loss, adapted, adapted_head, query_pixel_values, query_labels
+        )
+        return 0.5 * (self._distillation(logits, teacher_logits) + self._distillation(logits, pre_logits))
+
+    def _lagrangian_terms(self, sparsity, expected_density, weights) -> tuple[torch.Tensor, torch.Tensor]:
+        """L_sp, which pulls each expert's expected density to 1 − τ with its multiplier λ_m, and L_λ, whose descent
+        raises λ_m while expert m is too dense; a multiplier is reset once its expert is sparse enough."""
+        gap = sparsity - self.config.sparsity_target
+        with torch.no_grad():  # an expert already sparse enough has its multiplier reset
+            self.sparsity_multipliers.masked_fill_(gap > 0, 0.0)
+        # L_λ = Σ Δ_m λ_m a_m. Δ is capped at 0: a reset multiplier gets no gradient, so a descent step cannot
+        # push it below 0 (λ ≥ 0); while the expert is too dense (Δ < 0) the step raises λ.
+        multiplier_loss = (gap.clamp(max=0.0) * self.sparsity_multipliers * weights).sum()
+        density_gap = expected_density - (1.0 - self.config.sparsity_target)
+        sparsity_loss = (density_gap * self.sparsity_multipliers.detach() * weights).sum()
+        return sparsity_loss, multiplier_loss
 
     def _dense_teacher_logits(self, query_loss, adapted, adapted_head, query_pixel_values, query_labels):
         """Query logits of a detached copy of (θ'_i, head') after `teacher_steps` SGD steps on the query loss.

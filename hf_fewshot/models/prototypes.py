@@ -40,6 +40,9 @@ from transformers.utils import ModelOutput
 
 from .image_processing import eval_image_processor, open_images
 
+DEFAULT_LOGIT_SCALE = 10.0
+"""The cosine head's scale `s` (P>M>F's initial value, SMAT's fixed one, and the plain-backbone baseline's)."""
+
 
 def check_episode(
     support_pixel_values: torch.Tensor,
@@ -157,7 +160,11 @@ class CosinePrototypeHead(nn.Module):
     """
 
     def __init__(
-        self, scale: float = 10.0, bias: float = 0.0, learnable_scale: bool = True, learnable_bias: bool = True
+        self,
+        scale: float = DEFAULT_LOGIT_SCALE,
+        bias: float = 0.0,
+        learnable_scale: bool = True,
+        learnable_bias: bool = True,
     ):
         super().__init__()
         self.initial_scale, self.initial_bias = float(scale), float(bias)
@@ -192,9 +199,19 @@ class FewShotConfig(PreTrainedConfig):
 
     backbone_config: dict | PreTrainedConfig | None = None
     backbone_name_or_path: str | None = None
-    logit_scale: float = 10.0
+    logit_scale: float = DEFAULT_LOGIT_SCALE
     logit_bias: float = 0.0
     image_size: int | None = None  # the size it is meta-trained and evaluated at; None: the backbone's
+
+    # What a model card says of the method (class attributes, not settings): a Markdown summary, the papers.
+    summary = "A few-shot image classifier: cosine similarity of query features to the class prototypes."
+    papers = ()
+
+    @classmethod
+    def settings_for_training(cls, settings: dict[str, Any], num_tasks: int) -> dict[str, Any]:
+        """`settings` of this configuration completed with what depends on the training length (`num_tasks`
+        meta-training tasks); given values are kept. The base configuration has nothing of the kind."""
+        return dict(settings)
 
     @property
     def eval_image_size(self) -> int:

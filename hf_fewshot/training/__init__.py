@@ -1,14 +1,29 @@
-"""Training: SAM math, `FewShotTrainingArguments`, the SAM-enabled `transformers.Trainer` and the episodic trainer."""
+"""Training: SAM math, `FewShotTrainingArguments`, the SAM-enabled `transformers.Trainer` and the episodic trainer.
 
-from .arguments import FewShotTrainingArguments
+The arguments and trainers import transformers' Trainer (and through it PEFT), which takes seconds: they load on
+first use (PEP 562), so that the optimisers can be registered with the methods at `import hf_fewshot`.
+"""
+
 from .optimization import ChainedOptimizer, protonet_optimizer, smat_optimizer
 from .sam import perturbed_weights, sam_perturbation
-from .trainer import EpisodicTrainer, SAMTrainer
+
+_LAZY = {"FewShotTrainingArguments": "arguments", "EpisodicTrainer": "trainer", "SAMTrainer": "trainer"}
+_LAZY["ReliableTrainer"] = "trainer"
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
     "ChainedOptimizer",
     "EpisodicTrainer",
     "FewShotTrainingArguments",
+    "ReliableTrainer",
     "SAMTrainer",
     "perturbed_weights",
     "protonet_optimizer",

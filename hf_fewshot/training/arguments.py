@@ -37,13 +37,13 @@ _NON_NEGATIVE = (
 
 @dataclass
 class FewShotTrainingArguments(TrainingArguments):
-    """TrainingArguments with sharpness-aware minimisation (SAM.md) and episodic training (`EpisodicTrainer`).
+    """TrainingArguments with sharpness-aware minimisation (docs/sam.md) and episodic training (`EpisodicTrainer`).
 
     `sam_rho = 0` (the default) trains exactly like `transformers.Trainer`. The episode fields are read by
     `EpisodicTrainer` only: one micro-batch is one episode (task), so `gradient_accumulation_steps` ×
     processes is the number of tasks per update. The `gate_*`, `multiplier_*` and `router_*` fields are
-    the optimiser groups of SMAT (SMAT.md §6); `learning_rate` / `weight_decay` / `momentum` drive the dense
-    delta of SMAT and the whole backbone of P>M>F.
+    the optimiser groups of SMAT (docs/smat.md, "Optimisation"); `learning_rate` / `weight_decay` / `momentum` drive
+    the dense delta of SMAT and the whole backbone of P>M>F.
     """
 
     max_grad_norm: float | None = field(

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import tempfile
 import warnings
 import zipfile
 from collections.abc import Mapping
@@ -18,6 +17,8 @@ from accelerate import PartialState
 from safetensors import SafetensorError, safe_open
 from transformers import ImageProcessingMixin, PreTrainedModel
 
+from hf_fewshot.files import staged_folder, write_atomically
+
 _CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
 
 
@@ -27,33 +28,17 @@ def save_pretrained_atomically(
     image_processor: ImageProcessingMixin | None = None,
     **save_kwargs,
 ) -> Path:
-    """`model.save_pretrained(folder, **save_kwargs)` (and `image_processor.save_pretrained(folder)`) written into a
-    sibling temporary folder and renamed into place: a crash leaves the previous folder or the complete new one,
-    never a partial save (a crash between the swap's two renames leaves the previous one aside, and the next save
-    puts it back first). Few-shot models write their own processor and card; a plain backbone needs
-    `image_processor`."""
+    """`model.save_pretrained(folder, **save_kwargs)` (and `image_processor.save_pretrained(folder)`) written whole
+    or not at all (`hf_fewshot.files.staged_folder`): a crash leaves the previous folder or the complete new one.
+    Few-shot models write their own processor and card; a plain backbone needs `image_processor`. Non-finite
+    weights are never written."""
     folder = Path(folder)
     check_finite_weights(model, f"Not saving {folder}")
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    previous = folder.with_name(f".{folder.name}-previous")
-    _repair_interrupted_save(folder)
-    staging = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
-    umask = os.umask(0)
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)  # mkdtemp makes 0700; the saved folder gets the usual permissions
-    try:
+    _repair_interrupted_save(folder)  # also removes the staging folders a killed save left
+    with staged_folder(folder) as staging:
         model.save_pretrained(staging, **save_kwargs)
         if image_processor is not None:
             image_processor.save_pretrained(staging)
-        if folder.exists():
-            shutil.rmtree(previous, ignore_errors=True)
-            folder.rename(previous)
-            staging.rename(folder)
-            shutil.rmtree(previous)
-        else:
-            staging.rename(folder)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
     return folder
 
 
@@ -98,15 +83,6 @@ def _repair_interrupted_save(folder: Path) -> None:
     for staging in folder.parent.glob(f".{folder.name}-*"):
         if staging.is_dir() and staging != previous:
             shutil.rmtree(staging, ignore_errors=True)
-
-
-def write_atomically(path: Path, text: str) -> None:
-    """Write a whole file or nothing (a temporary sibling renamed into place)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    descriptor, staging = tempfile.mkstemp(prefix=f".{path.name}-", dir=path.parent)
-    with os.fdopen(descriptor, "w") as file:
-        file.write(text)
-    os.replace(staging, path)
 
 
 def check_finite_weights(model: torch.nn.Module, context: str) -> None:

@@ -1,4 +1,4 @@
-"""The papers' optimisers for episodic meta-tuning: SMAT's four groups (SMAT.md §6) and P>M>F's SGD.
+"""The papers' optimisers for episodic meta-tuning: SMAT's four groups (docs/smat.md, "Optimisation") and P>M>F's SGD.
 
 SMAT trains its dense delta and gates with SGD but its router with AdamW, and clips two groups on their
 own. `ChainedOptimizer` steps several torch optimizers as one, so the Trainer still sees a single
@@ -9,12 +9,13 @@ from __future__ import annotations
 
 from collections import ChainMap
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
 
-from .arguments import FewShotTrainingArguments
+if TYPE_CHECKING:  # importing the arguments imports the Trainer: seconds
+    from .arguments import FewShotTrainingArguments
 
 
 class ChainedOptimizer(torch.optim.Optimizer):
@@ -128,8 +129,8 @@ def _clip_to(parameters: Sequence[torch.Tensor], norm: torch.Tensor, max_norm: f
 
 
 def smat_optimizer(model: nn.Module, args: FewShotTrainingArguments) -> ChainedOptimizer:
-    """SMAT.md §6: θ_δ SGD (momentum, weight decay); log α SGD at its own lr, clipped alone; λ plain SGD;
-    router (with keys and skill tokens) AdamW, clipped alone."""
+    """docs/smat.md, "Optimisation": θ_δ SGD (momentum, weight decay); log α SGD at its own lr, clipped alone; λ plain
+    SGD; router (with keys and skill tokens) AdamW, clipped alone."""
     router = [p for p in model.router.parameters() if p.requires_grad]
     sgd = torch.optim.SGD(
         [
@@ -157,22 +158,11 @@ def smat_optimizer(model: nn.Module, args: FewShotTrainingArguments) -> ChainedO
 
 
 def protonet_optimizer(model: nn.Module, args: FewShotTrainingArguments) -> torch.optim.SGD:
-    """P>M>F (PMF_AND_EVAL.md §1): SGD with momentum over the whole backbone and the head's scale and bias."""
+    """P>M>F (docs/pmf.md, "Meta-training"): SGD with momentum over the whole backbone and the head's scale and
+    bias."""
     return torch.optim.SGD(
         [p for p in model.parameters() if p.requires_grad],
         lr=args.learning_rate,
         momentum=args.momentum,
         weight_decay=args.weight_decay,
     )
-
-
-EPISODIC_OPTIMIZERS = {"fewshot_smat": smat_optimizer, "fewshot_protonet": protonet_optimizer}
-
-# Models whose optimiser clips its own parameter groups: no whole-model clip on top by default (SMAT.md §6).
-SELF_CLIPPING_MODELS = frozenset({"fewshot_smat"})
-
-
-def default_max_grad_norm(model: nn.Module) -> float:
-    """The whole-model gradient clip when `max_grad_norm` is not given: 0 (none) for SMAT, whose groups clip
-    themselves, else the Trainer's 1.0."""
-    return 0.0 if getattr(getattr(model, "config", None), "model_type", None) in SELF_CLIPPING_MODELS else 1.0

@@ -1,5 +1,8 @@
-"""Supervised backbone training, the flat-backbone protocol of SAM.md §3: classify a domain's training classes
-with SAM (or ERM), optionally starting from another backbone, and keep the backbone for few-shot use."""
+"""Supervised backbone training, the flat-backbone protocol of docs/sam.md, "Pre-training a backbone": classify a
+domain's training classes with SAM (or ERM), optionally starting from another backbone, and keep the backbone for
+few-shot use.
+
+The rows it trains on are `hf_fewshot.data.labelled_images.LabelledImages` (also importable from here)."""
 
 from __future__ import annotations
 
@@ -7,8 +10,6 @@ import copy
 from collections.abc import Mapping
 
 import datasets
-import numpy as np
-import torch
 from transformers import (
     AutoModelForImageClassification,
     PreTrainedConfig,
@@ -17,52 +18,11 @@ from transformers import (
     set_seed,
 )
 
-from hf_fewshot.data.episodes import decode_image
-from hf_fewshot.data.metadataset import column_as_numpy
+from hf_fewshot.data.labelled_images import LabelledImages  # re-exported: it lived here
 from hf_fewshot.data.transforms import TrainTransform
 
 from .arguments import FewShotTrainingArguments
 from .trainer import SAMTrainer
-
-
-class LabelledImages(torch.utils.data.Dataset):
-    """The rows of one or more domain splits as `{"pixel_values", "labels"}` for image classification.
-
-    Each domain's labels are renumbered to 0..C-1 and offset after the previous domains', so several
-    domains train one joint classifier; `id2label` names the classes `"{domain}/{class_name}"`.
-    Augmentation draws from torch's generator, which the Trainer seeds and checkpoints.
-    """
-
-    def __init__(self, splits: Mapping[str, datasets.Dataset], transform: TrainTransform):
-        self.transform = transform
-        self.images, self.domains, labels, self.id2label = [], [], [], {}
-        for domain, split in splits.items():
-            split_labels = column_as_numpy(split, "label")
-            classes, local = np.unique(split_labels, return_inverse=True)
-            names = dict(zip(split_labels.tolist(), split.with_format("arrow")["class_name"].to_pylist(), strict=True))
-            offset = len(self.id2label)
-            self.id2label.update({offset + i: f"{domain}/{names[c]}" for i, c in enumerate(classes.tolist())})
-            labels.append(local + offset)
-            raw = split.select_columns(["image"]).cast_column("image", datasets.Image(decode=False))
-            self.images.append(raw.with_format("arrow"))
-            self.domains.append(domain)
-        self.labels = np.concatenate(labels)
-        self.starts = np.cumsum([0] + [len(images) for images in self.images])
-
-    @property
-    def num_labels(self) -> int:
-        return len(self.id2label)
-
-    def __len__(self) -> int:
-        return int(self.starts[-1])
-
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor | int]:
-        part = int(np.searchsorted(self.starts, index, side="right")) - 1
-        row = index - int(self.starts[part])
-        record = self.images[part][row : row + 1]["image"][0].as_py()
-        image = decode_image(record, row, self.domains[part])
-        rng = np.random.default_rng(int(torch.randint(2**62, ())))
-        return {"pixel_values": self.transform([image], rng)[0], "labels": int(self.labels[index])}
 
 
 def pretrain_backbone(
@@ -96,3 +56,6 @@ def pretrain_backbone(
     backbone.config = copy.deepcopy(backbone.config)
     backbone.config.num_labels = 2
     return backbone
+
+
+__all__ = ["LabelledImages", "pretrain_backbone"]

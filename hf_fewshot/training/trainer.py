@@ -1,5 +1,6 @@
-"""`SAMTrainer`, a drop-in `transformers.Trainer` that trains with SAM / ASAM (SAM.md §2), and
-`EpisodicTrainer`, which meta-trains few-shot models on episodes with it."""
+"""`ReliableTrainer`, the stock `transformers.Trainer` with the library's guarantees (strict reloads, no diverged
+weights saved, finished runs kept); `SAMTrainer`, a drop-in Trainer that trains with SAM / ASAM (docs/sam.md, "SAM in
+the Trainer"); and `EpisodicTrainer`, which meta-trains few-shot models on episodes with it."""
 
 import contextlib
 import copy
@@ -18,38 +19,32 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
+from hf_fewshot.data.domains import domain_of
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, MultiDomainEpisodeSampler
 from hf_fewshot.data.transforms import EvalTransform, TrainTransform
 from hf_fewshot.diagnostics import smat_diagnostics
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults, episode_metrics, mean_and_ci95
+from hf_fewshot.methods import method_for
 from hf_fewshot.models import from_pretrained_strictly
 from hf_fewshot.models.modeling_smat import SmatModel
 from hf_fewshot.models.prototypes import FewShotConfig, eval_mode
 
 from .arguments import FewShotTrainingArguments
 from .checkpoints import check_finite_weights, last_complete_checkpoint
-from .optimization import EPISODIC_OPTIMIZERS, ChainedOptimizer, default_max_grad_norm
+from .optimization import ChainedOptimizer
 from .sam import perturbed_weights
 
 
-class SAMTrainer(Trainer):
-    """Trainer whose `training_step` takes the SAM gradient ∇L(w + e) of every micro-batch.
+class ReliableTrainer(Trainer):
+    """The stock `transformers.Trainer` with the guarantees of docs/reliability.md, and nothing else.
 
-    - `sam_rho = 0` is the stock Trainer, bit for bit (the parent's step runs unchanged).
-    - Each micro-batch does two forward/backward passes; the first runs under `accelerator.no_sync`, so each
-      rank perturbs with its own gradient and only the second pass all-reduces. With gradient accumulation
-      the earlier micro-batches' gradients are stashed and added back, so an update is the mean of
-      per-micro-batch SAM gradients (the paper's m-sharpness). Both passes scale the loss as the parent does.
-    - The weights are restored by copy before the optimizer steps; BatchNorm running statistics are
-      restored after the second pass, so only the first pass updates them.
-    - A non-finite training loss stops training with a `FloatingPointError` naming the step (with or without SAM),
-      and no checkpoint with non-finite weights is written (docs/reliability.md). With a finite loss, a
-      non-finite first-pass gradient skips the perturbation and a non-finite second-pass gradient drops the
-      micro-batch (its gradient never reaches the weights). Both are counted in the logs
-      (`sam_unperturbed`, `sam_dropped`), with the mean sharpness L(w + e) − L(w) (`sam_sharpness`).
-    - `sam_interval = k` applies SAM on every k-th optimizer step and plain ERM otherwise.
-    - `max_grad_norm` not given to `FewShotTrainingArguments` means the model's own default: no whole-model
-      clip for SMAT (its groups clip themselves), the Trainer's 1.0 otherwise.
+    - A non-finite training loss stops training with a `FloatingPointError` naming the step (the Trainer would log
+      it as 0 and go on); no checkpoint with non-finite weights is ever written.
+    - Resuming from a finished run's final checkpoint trains nothing (`train`).
+    - Checkpoint reloads (resume, best model) are strict and go through `from_pretrained` (a transformers 5 fix:
+      its raw `load_state_dict(strict=False)` skips every ViT tensor stored under its legacy name).
+    - `max_grad_norm` not given to `FewShotTrainingArguments` means the method's default: no whole-model clip for a
+      method whose optimiser clips its own groups (SMAT), the Trainer's 1.0 otherwise.
     """
 
     args: FewShotTrainingArguments
@@ -57,43 +52,23 @@ class SAMTrainer(Trainer):
     def __init__(self, model: nn.Module | None = None, args: FewShotTrainingArguments | None = None, **kwargs):
         if not getattr(args, "_max_grad_norm_given", True):  # FewShotTrainingArguments without max_grad_norm
             args = copy.copy(args)  # the caller's arguments stay as given
-            args.max_grad_norm = default_max_grad_norm(model)
+            method = method_for(model)
+            args.max_grad_norm = 0.0 if method is not None and method.clips_itself else 1.0
         super().__init__(model=model, args=args, **kwargs)
-        if self.args.sam_rho > 0:
-            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
-                raise ValueError(
-                    "SAMTrainer does not support DeepSpeed or FSDP yet (sharded parameters cannot be perturbed and "
-                    "restored locally); train with DDP, or set sam_rho=0."
-                )
-            low_precision = {p.dtype for p in self.model.parameters() if p.requires_grad} & {
-                torch.float16,
-                torch.bfloat16,
-            }
-            if low_precision:
-                warnings.warn(
-                    f"Trainable weights are stored in {sorted(map(str, low_precision))}: most of the SAM perturbation "
-                    "is rounded away. Keep fp32 weights and use bf16/fp16 autocast instead.",
-                    stacklevel=2,
-                )
-        self._sam_logs = _empty_sam_logs()
-        self._in_perturbed_pass = False  # True during SAM's second pass (subclasses skip their bookkeeping)
-
-    def _sam_due(self) -> bool:
-        return self.args.sam_rho > 0 and self.state.global_step % self.args.sam_interval == 0
 
     def training_step(
         self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
     ) -> torch.Tensor:
-        if self._sam_due():
-            loss = self._sam_step(model, inputs, num_items_in_batch)
-        else:
-            loss = super().training_step(model, inputs, num_items_in_batch)
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        self._stop_if_diverged(loss)
+        return loss
+
+    def _stop_if_diverged(self, loss: torch.Tensor) -> None:
         if not torch.isfinite(loss):  # stop here: the Trainer would log it as 0 and save NaN weights
             raise FloatingPointError(
                 f"Non-finite training loss ({loss.item()}) at step {self.state.global_step + 1}: the run diverged. "
                 f"Try a smaller learning rate (now {self.args.learning_rate:g})."
             )
-        return loss
 
     def train(self, resume_from_checkpoint: str | bool | None = None, **kwargs) -> TrainOutput:
         """`Trainer.train`, except that resuming from the run's final checkpoint trains nothing: the Trainer would
@@ -125,34 +100,6 @@ class SAMTrainer(Trainer):
         check_finite_weights(self.model, f"Not saving a checkpoint at step {self.state.global_step}")
         super()._save(output_dir, state_dict)
 
-    def _sam_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch) -> torch.Tensor:
-        """One micro-batch's SAM gradient; returns the clean loss."""
-        parameters = [p for p in model.parameters() if p.requires_grad]
-        earlier_grads = [p.grad for p in parameters]  # the accumulated micro-batches of this update
-        for parameter in parameters:
-            parameter.grad = None
-        with self.accelerator.no_sync(model):
-            clean_loss = super().training_step(model, inputs, num_items_in_batch)
-        with perturbed_weights(parameters, self.args.sam_rho, self.args.sam_adaptive) as perturbation:
-            for parameter in parameters:
-                parameter.grad = None
-            with _frozen_batchnorm_statistics(model):
-                self._in_perturbed_pass = True
-                try:
-                    perturbed_loss = super().training_step(model, inputs, num_items_in_batch)
-                finally:
-                    self._in_perturbed_pass = False
-        self._record(perturbation is not None, perturbed_loss - clean_loss)
-        finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in parameters)
-        if not finite:
-            self._sam_logs["sam_dropped"] += 1
-        for parameter, earlier in zip(parameters, earlier_grads, strict=True):
-            if not finite or parameter.grad is None:
-                parameter.grad = earlier
-            elif earlier is not None:
-                parameter.grad.add_(earlier)
-        return clean_loss
-
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if not self._load_weights_like_from_pretrained(resume_from_checkpoint, model or self.model):
             super()._load_from_checkpoint(resume_from_checkpoint, model)
@@ -176,6 +123,87 @@ class SAMTrainer(Trainer):
         loaded = from_pretrained_strictly(type(model), checkpoint, config=model.config)
         model.load_state_dict(loaded.state_dict(), strict=True)
         return True
+
+
+class SAMTrainer(ReliableTrainer):
+    """Trainer whose `training_step` takes the SAM gradient ∇L(w + e) of every micro-batch.
+
+    - `sam_rho = 0` is its parent `ReliableTrainer` (the stock Trainer's step, checked), bit for bit.
+    - Each micro-batch does two forward/backward passes; the first runs under `accelerator.no_sync`, so each
+      rank perturbs with its own gradient and only the second pass all-reduces. With gradient accumulation
+      the earlier micro-batches' gradients are stashed and added back, so an update is the mean of
+      per-micro-batch SAM gradients (the paper's m-sharpness). Both passes scale the loss as the parent does.
+    - The weights are restored by copy before the optimizer steps; BatchNorm running statistics are
+      restored after the second pass, so only the first pass updates them.
+    - A non-finite training loss stops training (`ReliableTrainer`), with or without SAM. With a finite loss, a
+      non-finite first-pass gradient skips the perturbation and a non-finite second-pass gradient drops the
+      micro-batch (its gradient never reaches the weights). Both are counted in the logs
+      (`sam_unperturbed`, `sam_dropped`), with the mean sharpness L(w + e) − L(w) (`sam_sharpness`).
+    - `sam_interval = k` applies SAM on every k-th optimizer step and plain ERM otherwise.
+    """
+
+    args: FewShotTrainingArguments
+
+    def __init__(self, model: nn.Module | None = None, args: FewShotTrainingArguments | None = None, **kwargs):
+        super().__init__(model=model, args=args, **kwargs)
+        if self.args.sam_rho > 0:
+            if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+                raise ValueError(
+                    "SAMTrainer does not support DeepSpeed or FSDP yet (sharded parameters cannot be perturbed and "
+                    "restored locally); train with DDP, or set sam_rho=0."
+                )
+            low_precision = {p.dtype for p in self.model.parameters() if p.requires_grad} & {
+                torch.float16,
+                torch.bfloat16,
+            }
+            if low_precision:
+                warnings.warn(
+                    f"Trainable weights are stored in {sorted(map(str, low_precision))}: most of the SAM perturbation "
+                    "is rounded away. Keep fp32 weights and use bf16/fp16 autocast instead.",
+                    stacklevel=2,
+                )
+        self._sam_logs = _empty_sam_logs()
+        self._in_perturbed_pass = False  # True during SAM's second pass (subclasses skip their bookkeeping)
+
+    def _sam_due(self) -> bool:
+        return self.args.sam_rho > 0 and self.state.global_step % self.args.sam_interval == 0
+
+    def training_step(
+        self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch: torch.Tensor | int | None = None
+    ) -> torch.Tensor:
+        if not self._sam_due():
+            return super().training_step(model, inputs, num_items_in_batch)
+        loss = self._sam_step(model, inputs, num_items_in_batch)
+        self._stop_if_diverged(loss)
+        return loss
+
+    def _sam_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch) -> torch.Tensor:
+        """One micro-batch's SAM gradient; returns the clean loss."""
+        parameters = [p for p in model.parameters() if p.requires_grad]
+        earlier_grads = [p.grad for p in parameters]  # the accumulated micro-batches of this update
+        for parameter in parameters:
+            parameter.grad = None
+        with self.accelerator.no_sync(model):  # both passes are the stock step: SAM drops a diverged second pass
+            clean_loss = Trainer.training_step(self, model, inputs, num_items_in_batch)
+        with perturbed_weights(parameters, self.args.sam_rho, self.args.sam_adaptive) as perturbation:
+            for parameter in parameters:
+                parameter.grad = None
+            with _frozen_batchnorm_statistics(model):
+                self._in_perturbed_pass = True
+                try:
+                    perturbed_loss = Trainer.training_step(self, model, inputs, num_items_in_batch)
+                finally:
+                    self._in_perturbed_pass = False
+        self._record(perturbation is not None, perturbed_loss - clean_loss)
+        finite = all(p.grad is None or torch.isfinite(p.grad).all() for p in parameters)
+        if not finite:
+            self._sam_logs["sam_dropped"] += 1
+        for parameter, earlier in zip(parameters, earlier_grads, strict=True):
+            if not finite or parameter.grad is None:
+                parameter.grad = earlier
+            elif earlier is not None:
+                parameter.grad.add_(earlier)
+        return clean_loss
 
     def _record(self, perturbed: bool, sharpness: torch.Tensor) -> None:
         self._sam_logs["sam_passes"] += 1
@@ -233,13 +261,14 @@ class EpisodicTrainer(SAMTrainer):
     """Meta-trains a few-shot model (`SmatModel`, `ProtoNetModel`, or any model with the episodic forward) on
     episodes, with SAM when `sam_rho > 0`.
 
-    `train_dataset` / `eval_dataset` are one split or a mapping domain → split (the schema of DATA.md §1).
+    `train_dataset` / `eval_dataset` are one split or a mapping domain → split (the schema of docs/data.md, "The
+    schema").
     - Training: one micro-batch is one episode of the `episode_protocol`, the domain drawn uniformly per
       episode; `train_episodes_per_epoch` episodes per epoch, dealt whole to the ranks; a new stream each
       epoch. `gradient_accumulation_steps` × processes tasks make one update.
     - Optimisers: SMAT's four groups and P>M>F's SGD (`training.optimization`) for those two models, the
       Trainer's default otherwise (or pass `optimizers=`). SMAT's gate and router groups clip themselves and,
-      unless `max_grad_norm` is set explicitly, nothing clips the whole model (SMAT.md §6).
+      unless `max_grad_norm` is set explicitly, nothing clips the whole model (docs/smat.md, "Optimisation").
     - SMAT's router schedule: after each update the model's task counter (`router_tasks_seen`, which drives
       τ_r) advances by the number of labelled tasks of that update summed over all processes — SAM's second
       pass and unlabelled forwards are not tasks (docs/smat.md).
@@ -337,9 +366,9 @@ class EpisodicTrainer(SAMTrainer):
     # -------------------------------------------------------------------------------------- training
     def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
         model = self.model if model is None else model
-        build = EPISODIC_OPTIMIZERS.get(getattr(model.config, "model_type", None))
-        if self.optimizer is None and build is not None:
-            self.optimizer = build(model, self.args)
+        method = method_for(model)
+        if self.optimizer is None and method is not None and method.optimizer is not None:
+            self.optimizer = method.optimizer(model, self.args)
             return self.optimizer
         return super().create_optimizer(model)
 
@@ -462,8 +491,7 @@ def _domain_splits(splits: DomainSplits | None, name: str) -> dict[str, datasets
     if splits is None:
         return None
     if isinstance(splits, datasets.Dataset):
-        domain = splits.with_format("arrow")[:1]["domain"][0].as_py() if "domain" in splits.column_names else None
-        return {domain or "default": splits}
+        return {domain_of(splits) or "default": splits}
     if isinstance(splits, datasets.DatasetDict):
         raise TypeError(
             f"{name} is a DatasetDict (split → Dataset); pass one split, or a mapping domain → split such as "

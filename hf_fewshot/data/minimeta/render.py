@@ -1,21 +1,16 @@
-"""MiniMeta: a small offline multi-domain few-shot image benchmark built from packaged real data (DATA.md §3).
+"""The four MiniMeta domains: the packages each is rendered from, how its classes are chosen (a plan per domain)
+and how one image of a class is drawn (a renderer per domain).
 
-Every domain is rendered from data that ships in Debian or PyPI packages, so the default benchmark of the
-library can be rebuilt without a network. The build is seeded and byte-reproducible for the same package
-versions; a prebuilt copy lives in `PREBUILT_DIR`. Rebuild it with
-
-    python -m hf_fewshot.data.minimeta --output DIR [--seed N]
+`DOMAIN_RENDERERS[domain]` is `(plan, render)`: `plan(rng)` returns the classes per split as `ClassSpec`s (a name
+and candidate payloads); `render(payload, rng, image_size)` draws one image, or None when the payload gives
+nothing usable. `minimeta.build` runs them, seeded, and writes the parquet files and the card.
 """
 
 from __future__ import annotations
 
-import argparse
 import functools
-import io
-import json
 import shutil
 import subprocess
-import tempfile
 import warnings
 from collections import defaultdict
 from collections.abc import Callable, Sequence
@@ -25,19 +20,10 @@ from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
 
-import datasets
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont, ImageOps
-from tqdm.auto import tqdm
 
-from hf_fewshot.data.schema import NO_SUPERCLASS, SPLITS, domain_features
-
-DOMAINS = ("glyphs", "emoji", "clipart", "digits")
-TRAIN_DOMAINS = ("glyphs", "emoji")
-TEST_ONLY_DOMAINS = ("clipart", "digits")
-PREBUILT_DIR = Path(__file__).parent / "minimeta_data"
-IMAGE_SIZE = 32
-BUILDER_VERSION = "1.0.0"
+from hf_fewshot.data.schema import SPLITS
 
 NOTO_DIR = Path("/usr/share/fonts/truetype/noto")
 EMOJI_FONT = NOTO_DIR / "NotoColorEmoji.ttf"
@@ -54,23 +40,8 @@ _DEBIAN_SOURCES: dict[str, tuple[tuple[str, Path], ...]] = {  # (package, a file
 }
 # (distribution, module) pairs
 _PYPI_SOURCES = {"glyphs": (("fonttools", "fontTools"),), "digits": (("scikit-learn", "sklearn"),)}
-_LICENSES = {
-    "glyphs": "SIL Open Font License 1.1 (Noto fonts); Unicode License (Unicode Character Database)",
-    "emoji": "SIL Open Font License 1.1 (Noto Color Emoji); Unicode License (emoji-test.txt sub-groups)",
-    "clipart": "Public domain (Open Clip Art Library)",
-    "digits": "CC BY 4.0 (UCI Optical Recognition of Handwritten Digits, as shipped by scikit-learn)",
-}
-_DESCRIPTIONS = {
-    "glyphs": "Omniglot-like. Class = a letter, superclass = its script; instances vary font family and "
-    "weight, stroke width, affine and elastic distortion. Split by script.",
-    "emoji": "Class = a Unicode emoji sub-group (e.g. animal-mammal), instances = its fully-qualified "
-    "emoji without skin-tone variants, in colour.",
-    "clipart": "Class = an Open Clip Art folder with at least 20 images (e.g. food/fruit). Test-only.",
-    "digits": "The 8x8 UCI handwritten digits, upsampled. Test-only.",
-}
 
 _TRAIN_FRACTION, _VALIDATION_FRACTION = 0.6, 0.1
-_MIN_LIMITED_SPLIT_CLASSES = 5
 _MIN_LETTERS_PER_SCRIPT, _MAX_LETTERS_PER_SCRIPT = 8, 16
 _GLYPH_INSTANCES, _GLYPH_ATTEMPTS = 12, 48
 _GLYPH_FONT_SIZE, _GLYPH_CANVAS = 48, 64
@@ -80,11 +51,10 @@ _SKIN_TONE_MODIFIERS = range(0x1F3FB, 0x1F400)
 _MIN_CLIPART_PER_CLASS, _MAX_CLIPART_PER_CLASS = 20, 30
 _CLIPART_EXCLUDED = ("unsorted",)  # a folder of leftovers, not a category
 _MAX_CLIPART_PIXELS = 4096 * 4096  # 19 of the 8,121 source PNGs are ~170 Mpx posters; they are skipped
-_GRAY_STEP = 17  # grayscale PNGs keep 16 levels (0, 17, ..., 255): half the bytes, no visible change
 
 
 @dataclass
-class _ClassSpec:
+class ClassSpec:
     """A class to render: candidate payloads tried in order until `max_images` succeed (fewer than
     `min_images` drop the class)."""
 
@@ -102,7 +72,7 @@ def source_packages_available(domain: str) -> bool:
     )
 
 
-def _require_sources(domain: str) -> None:
+def require_sources(domain: str) -> None:
     """Fail early, naming the package to install, when a source of `domain` is missing."""
     for package, path in _DEBIAN_SOURCES[domain]:
         if not path.exists():
@@ -112,7 +82,7 @@ def _require_sources(domain: str) -> None:
             raise ModuleNotFoundError(f"{distribution} is not installed: pip install {distribution}")
 
 
-def _sources(domain: str) -> list[dict[str, str]]:
+def source_versions(domain: str) -> list[dict[str, str]]:
     """The packages `domain` is built from, with their installed versions."""
     sources = []
     for package in dict.fromkeys(package for package, _ in _DEBIAN_SOURCES[domain]):
@@ -132,25 +102,6 @@ def _split_classes(items: list[Any], rng: np.random.Generator) -> dict[str, list
     n_validation = max(1, round(_VALIDATION_FRACTION * len(items)))
     parts = (order[:n_train], order[n_train : n_train + n_validation], order[n_train + n_validation :])
     return {split: [items[i] for i in sorted(part)] for split, part in zip(SPLITS, parts, strict=True)}
-
-
-def _limit_classes(plan: dict[str, list[_ClassSpec]], max_classes: int | None) -> dict[str, list[_ClassSpec]]:
-    """Keep about `max_classes` classes, split in proportion, 5 or more in a split that has 5.
-
-    A superclass is kept whole, so that superclass-first episodes (DATA.md §2) still find 5 classes in it.
-    """
-    total = sum(map(len, plan.values()))
-    if max_classes is None or total <= max_classes:
-        return plan
-    limited = {}
-    for split, classes in plan.items():
-        keep = max(round(max_classes * len(classes) / total), min(len(classes), _MIN_LIMITED_SPLIT_CLASSES))
-        while 0 < keep < len(classes) and classes[keep].superclass_name is not None:
-            if classes[keep].superclass_name != classes[keep - 1].superclass_name:
-                break
-            keep += 1
-        limited[split] = classes[:keep]
-    return limited
 
 
 def _seeded_subset(rng: np.random.Generator, items: Sequence[Any], limit: int | None = None) -> list[Any]:
@@ -218,7 +169,7 @@ def _draw_ink(char: str, font_path: Path, stroke_width: float) -> Image.Image | 
     return canvas.crop(bbox) if bbox else None
 
 
-def _plan_glyphs(rng: np.random.Generator) -> dict[str, list[_ClassSpec]]:
+def _plan_glyphs(rng: np.random.Generator) -> dict[str, list[ClassSpec]]:
     """Up to 16 renderable, visually distinct letters per script the Noto fonts cover; split by script."""
     from fontTools.ttLib import TTFont
 
@@ -249,7 +200,7 @@ def _plan_glyphs(rng: np.random.Generator) -> dict[str, list[_ClassSpec]]:
             chosen_of[script] = sorted(chosen)
     return {
         split: [
-            _ClassSpec(
+            ClassSpec(
                 name=f"U+{cp:04X} {letters[cp][1]}",
                 payloads=[(chr(cp), tuple(fonts_of[cp]))] * _GLYPH_ATTEMPTS,
                 max_images=_GLYPH_INSTANCES,
@@ -304,7 +255,7 @@ def _render_glyph(
     return ImageOps.invert(warped.resize((image_size, image_size), Image.Resampling.LANCZOS))
 
 
-def _plan_emoji(rng: np.random.Generator) -> dict[str, list[_ClassSpec]]:
+def _plan_emoji(rng: np.random.Generator) -> dict[str, list[ClassSpec]]:
     """Sub-groups with 6 or more fully-qualified emoji drawn as one glyph (no skin tones); 40 at most."""
     font = _font(EMOJI_FONT, _EMOJI_FONT_SIZE)
     one_glyph_width = font.getlength("\N{GRINNING FACE}")
@@ -324,7 +275,7 @@ def _plan_emoji(rng: np.random.Generator) -> dict[str, list[_ClassSpec]]:
             emoji_of[subgroup].append(emoji)
     subgroups = [name for name, emoji in emoji_of.items() if len(emoji) >= _MIN_EMOJI_PER_CLASS]
     return {
-        split: [_ClassSpec(name, _seeded_subset(rng, emoji_of[name], _MAX_EMOJI_PER_CLASS)) for name in names]
+        split: [ClassSpec(name, _seeded_subset(rng, emoji_of[name], _MAX_EMOJI_PER_CLASS)) for name in names]
         for split, names in _split_classes(subgroups, rng).items()
     }
 
@@ -337,7 +288,7 @@ def _render_emoji(emoji: str, rng: np.random.Generator, image_size: int) -> Imag
     return _square_on_white(canvas, image_size)
 
 
-def _plan_clipart(rng: np.random.Generator) -> dict[str, list[_ClassSpec]]:
+def _plan_clipart(rng: np.random.Generator) -> dict[str, list[ClassSpec]]:
     """Folders holding 20 or more PNG files, each read in a seeded order until 30 succeed. Test-only."""
     classes = []
     for directory in sorted(path for path in CLIPART_DIR.rglob("*") if path.is_dir()):
@@ -345,7 +296,7 @@ def _plan_clipart(rng: np.random.Generator) -> dict[str, list[_ClassSpec]]:
         name = directory.relative_to(CLIPART_DIR).as_posix()
         if len(files) >= _MIN_CLIPART_PER_CLASS and name not in _CLIPART_EXCLUDED:
             payloads = _seeded_subset(rng, files)
-            classes.append(_ClassSpec(name, payloads, _MAX_CLIPART_PER_CLASS, _MIN_CLIPART_PER_CLASS))
+            classes.append(ClassSpec(name, payloads, _MAX_CLIPART_PER_CLASS, _MIN_CLIPART_PER_CLASS))
     return {"train": [], "validation": [], "test": classes}
 
 
@@ -366,12 +317,12 @@ def _render_clipart(path: Path, rng: np.random.Generator, image_size: int) -> Im
     return _square_on_white(rgba, image_size)
 
 
-def _plan_digits(rng: np.random.Generator) -> dict[str, list[_ClassSpec]]:
+def _plan_digits(rng: np.random.Generator) -> dict[str, list[ClassSpec]]:
     """The 10 classes of scikit-learn's copy of the UCI digits, all in the test split."""
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    classes = [_ClassSpec(str(digit), list(digits.images[digits.target == digit])) for digit in range(10)]
+    classes = [ClassSpec(str(digit), list(digits.images[digits.target == digit])) for digit in range(10)]
     return {"train": [], "validation": [], "test": classes}
 
 
@@ -381,8 +332,8 @@ def _render_digit(pixels: np.ndarray, rng: np.random.Generator, image_size: int)
     return Image.fromarray(ink_on_white).resize((image_size, image_size), Image.Resampling.BILINEAR)
 
 
-_Renderer = Callable[[Any, np.random.Generator, int], Image.Image | None]
-_BUILDERS: dict[str, tuple[Callable[[np.random.Generator], dict[str, list[_ClassSpec]]], _Renderer]] = {
+Renderer = Callable[[Any, np.random.Generator, int], Image.Image | None]
+DOMAIN_RENDERERS: dict[str, tuple[Callable[[np.random.Generator], dict[str, list[ClassSpec]]], Renderer]] = {
     "glyphs": (_plan_glyphs, _render_glyph),
     "emoji": (_plan_emoji, _render_emoji),
     "clipart": (_plan_clipart, _render_clipart),
@@ -390,210 +341,11 @@ _BUILDERS: dict[str, tuple[Callable[[np.random.Generator], dict[str, list[_Class
 }
 
 
-def _png_bytes(image: Image.Image) -> bytes:
-    """The image as an optimised PNG, grayscale reduced to 16 levels to halve the committed size."""
-    if image.mode == "L":
-        image = image.point(lambda v: _GRAY_STEP * round(v / _GRAY_STEP))
-    buffer = io.BytesIO()
-    image.save(buffer, format="PNG", optimize=True)
-    return buffer.getvalue()
-
-
-def _render_class(spec: _ClassSpec, render: _Renderer, rng: np.random.Generator, size: int) -> list[bytes]:
-    """PNGs of the payloads of `spec`, tried in order, skipping failures, until there are `max_images`."""
-    images: list[bytes] = []
-    for payload in spec.payloads:
-        if len(images) == spec.max_images:
-            break
-        image = render(payload, rng, size)
-        if image is not None:
-            images.append(_png_bytes(image))
-    return images
-
-
-def _build_domain(
-    domain: str, out_dir: Path, seed: int, image_size: int, max_classes: int | None, show_progress: bool
-) -> dict[str, Any]:
-    """Render one domain into `{out_dir}/{domain}/{split}.parquet` and return its metadata entry."""
-    rng = np.random.default_rng([seed, DOMAINS.index(domain)])
-    plan_classes, render = _BUILDERS[domain]
-    plan = _limit_classes(plan_classes(rng), max_classes)
-    class_names: list[str] = []
-    superclass_ids: dict[str, int] = {}
-    splits: dict[str, dict[str, Any]] = {}
-    num_classes = sum(map(len, plan.values()))
-    with tqdm(total=num_classes, desc=f"MiniMeta {domain}", unit="class", disable=not show_progress) as bar:
-        for split in SPLITS:
-            rows: dict[str, list[Any]] = {column: [] for column in domain_features()}
-            first_label = len(class_names)
-            for spec in plan[split]:
-                images = _render_class(spec, render, rng, image_size)
-                bar.update()
-                if len(images) < spec.min_images:
-                    message = f"MiniMeta {domain}: dropped class {spec.name!r} ({len(images)} usable images)"
-                    warnings.warn(message, stacklevel=2)
-                    continue
-                superclass = NO_SUPERCLASS
-                if spec.superclass_name is not None:
-                    superclass = superclass_ids.setdefault(spec.superclass_name, len(superclass_ids))
-                class_names.append(spec.name)
-                for index in rng.permutation(len(images)):
-                    rows["image"].append({"bytes": images[index], "path": None})
-                    rows["label"].append(len(class_names) - 1)
-                    rows["class_name"].append(spec.name)
-                    rows["superclass"].append(superclass)
-                    rows["domain"].append(domain)
-            if rows["label"]:
-                (out_dir / domain).mkdir(exist_ok=True)
-                dataset = datasets.Dataset.from_dict(rows, features=domain_features())
-                dataset.to_parquet(str(out_dir / domain / f"{split}.parquet"))
-                splits[split] = {
-                    "classes": [first_label, len(class_names)],
-                    "num_classes": len(class_names) - first_label,
-                    "num_images": len(rows["label"]),
-                }
-    return {
-        "class_names": class_names,
-        "superclass_names": list(superclass_ids),
-        "splits": splits,
-        "sources": _sources(domain),
-        "license": _LICENSES[domain],
-    }
-
-
-def _dataset_card(meta: dict[str, Any], command: str) -> str:
-    """A Hugging Face dataset card: one config per domain, split sizes, sources, licences, how to rebuild."""
-    configs, table, sources = "", "", ""
-    for domain, entry in meta["domains"].items():
-        configs += f"- config_name: {domain}\n  data_files:\n" + "".join(
-            f"  - split: {split}\n    path: {domain}/{split}.parquet\n" for split in entry["splits"]
-        )
-        sizes = [entry["splits"].get(split) for split in SPLITS]
-        cells = [f"{size['num_classes']} / {size['num_images']}" if size else "–" for size in sizes]
-        table += f"| {domain} | {' | '.join(cells)} | {len(entry['superclass_names']) or '–'} |\n"
-        packages = ", ".join(f"{s['package']} {s['version']} ({s['registry']})" for s in entry["sources"])
-        sources += f"- **{domain}**: {_DESCRIPTIONS[domain]} From {packages}. Licence: {entry['license']}.\n"
-    return f"""---
-license: other
-pretty_name: MiniMeta
-task_categories:
-- image-classification
-configs:
-{configs}---
-
-# MiniMeta
-
-A small, offline, multi-domain few-shot image classification benchmark in the layout of Meta-Dataset,
-built by `hf_fewshot` from real data that ships in Debian and PyPI packages ({meta["image_size"]} px PNG).
-Columns: `image`, `label` (global within a domain), `class_name`, `superclass` (-1 if none), `domain`.
-**Splits are class-disjoint**: no class is in two splits of a domain (glyphs are split by script). Labels
-number the train classes first, then validation, then test; `metadata.json` has the class names and the
-label range of each split. {", ".join(TEST_ONLY_DOMAINS)} are test-only (out-of-domain).
-
-| domain | train classes / images | validation | test | superclasses |
-|---|---|---|---|---|
-{table}
-## Sources and licences
-
-{sources}
-The licence of the whole is therefore `other`: SIL OFL 1.1 for renderings of the Noto fonts, the Unicode
-License for the Unicode Character Database and emoji-test.txt, public domain for Open Clip Art, CC BY 4.0
-for the UCI digits.
-
-## How it was built
-
-Deterministically (seed {meta["seed"]}, builder {meta["builder_version"]}; the same package versions give
-byte-identical parquet files) with
-
-```
-{command}
-```
-"""
-
-
-def build_minimeta(
-    output_dir: str | Path,
-    *,
-    seed: int = 0,
-    image_size: int = IMAGE_SIZE,
-    domains: Sequence[str] = DOMAINS,
-    max_classes_per_domain: int | None = None,
-    show_progress: bool = True,
-) -> dict[str, Any]:
-    """Build MiniMeta into `output_dir`: `{domain}/{split}.parquet`, `metadata.json` and `README.md`.
-
-    The copy is built in a folder beside `output_dir` and moved into place at the end, so a failed build
-    leaves no half-written copy. `max_classes_per_domain` makes a tiny copy quickly (tests). Returns the
-    metadata written to `metadata.json`.
-    """
-    unknown = sorted(set(domains) - set(DOMAINS))
-    if unknown:
-        raise ValueError(f"unknown MiniMeta domains {unknown}; choose from {DOMAINS}")
-    domains = tuple(dict.fromkeys(domains))
-    for domain in domains:
-        _require_sources(domain)
-    output_dir = Path(output_dir)
-    output_dir.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{output_dir.name}.", dir=output_dir.parent))
-    try:
-        staging.chmod(0o755)
-        meta = {
-            "name": "MiniMeta",
-            "builder_version": BUILDER_VERSION,
-            "seed": seed,
-            "image_size": image_size,
-            "software": {name: metadata.version(name) for name in ("pillow", "numpy", "datasets", "pyarrow")},
-            "domains": {
-                name: _build_domain(name, staging, seed, image_size, max_classes_per_domain, show_progress)
-                for name in domains
-            },
-        }
-        (staging / "metadata.json").write_text(json.dumps(meta, indent=2, ensure_ascii=False) + "\n", "utf-8")
-        if (image_size, domains, max_classes_per_domain) == (IMAGE_SIZE, DOMAINS, None):
-            output = "" if output_dir.resolve() == PREBUILT_DIR.resolve() else f" --output {output_dir}"
-            command = f"python -m hf_fewshot.data.minimeta{output} --seed {seed}"
-        else:
-            command = (
-                "from hf_fewshot.data.minimeta import build_minimeta\n"
-                f"build_minimeta({str(output_dir)!r}, seed={seed}, image_size={image_size}, "
-                f"domains={domains!r}, max_classes_per_domain={max_classes_per_domain})"
-            )
-        (staging / "README.md").write_text(_dataset_card(meta, command), "utf-8")
-        if output_dir.exists():
-            previous = staging.with_name(staging.name + ".previous")
-            output_dir.rename(previous)
-            staging.rename(output_dir)
-            shutil.rmtree(previous)
-        else:
-            staging.rename(output_dir)
-    except BaseException:
-        shutil.rmtree(staging, ignore_errors=True)
-        raise
-    return meta
-
-
-def main(argv: Sequence[str] | None = None) -> None:
-    """Command line: build MiniMeta, by default into the package's prebuilt folder."""
-    parser = argparse.ArgumentParser(description="Build the MiniMeta few-shot benchmark from packaged data.")
-    parser.add_argument("--output", type=Path, default=PREBUILT_DIR, help="output folder (replaced)")
-    parser.add_argument("--seed", type=int, default=0, help="seed of every random choice")
-    args = parser.parse_args(argv)
-    meta = build_minimeta(args.output, seed=args.seed)
-    for domain, entry in meta["domains"].items():
-        sizes = [f"{split} {n['num_classes']}/{n['num_images']}" for split, n in entry["splits"].items()]
-        print(f"{domain} (classes/images): {', '.join(sizes)}")
-
-
 __all__ = [
-    "DOMAINS",
-    "IMAGE_SIZE",
-    "PREBUILT_DIR",
-    "TEST_ONLY_DOMAINS",
-    "TRAIN_DOMAINS",
-    "build_minimeta",
-    "main",
+    "DOMAIN_RENDERERS",
+    "ClassSpec",
+    "Renderer",
+    "require_sources",
     "source_packages_available",
+    "source_versions",
 ]
-
-if __name__ == "__main__":
-    main()
