@@ -39,6 +39,7 @@ setup(
         "pyyaml>=6.0",
         "jinja2>=3.0",  # the card and report templates
     ],
+    entry_points={"console_scripts": ["hf-fewshot = hf_fewshot.commands:console_main"]},
     extras_require={
         # Rebuilding MiniMeta from its source packages (the prebuilt copy ships with the package).
         "minimeta": ["fonttools>=4.40", "scikit-learn>=1.3"],

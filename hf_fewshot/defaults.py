@@ -74,6 +74,18 @@ META_TUNE_DEFAULTS = dict(
 DEFAULT_MODEL = str(Path(META_TUNE_DEFAULTS["output_dir"]) / "model")
 """Where the meta-tuning recipe's defaults put the model: the default of the evaluation and adaptation recipes."""
 
+
+def require_main_job_output(path: str, flag: str) -> None:
+    """A default that names the main job's output (`DEFAULT_MODEL`, `DEFAULT_BACKBONE`, relative to the current
+    folder) must exist: else a message saying how to make it, instead of a Hub lookup of a folder name."""
+    if path in (DEFAULT_MODEL, DEFAULT_BACKBONE) and not Path(path).is_dir():
+        command = "meta-tune" if path == DEFAULT_MODEL else "pretrain"
+        raise FileNotFoundError(
+            f"No model at {path} (relative to {Path.cwd()}): run `hf-fewshot {command}` here first, or pass {flag} "
+            "(a folder or a Hub id)."
+        )
+
+
 __all__ = [
     "DEFAULT_BACKBONE",
     "DEFAULT_MODEL",

@@ -7,84 +7,12 @@
 
 A model is a saved `SmatModel` / `ProtoNetModel` (folder or Hub id) or a plain HF backbone (evaluated with
 cosine prototypes, scale 10). All models see the same episodes. The table goes to stdout and `--output`.
+
+The same as the command `hf-fewshot evaluate` (`hf_fewshot/commands/evaluate.py`), as a script.
 """
 
-import json
-from dataclasses import dataclass, field
-from pathlib import Path
-
-import torch
-
-from hf_fewshot import evaluate_episodes, load_domain
-from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
-from hf_fewshot.defaults import DEFAULT_BACKBONE, DEFAULT_MODEL
-from hf_fewshot.evaluation import results_table
-from hf_fewshot.models import load_fewshot_model
-from hf_fewshot.training.cli import parse_recipe_arguments
-
-
-@dataclass
-class EvaluateArguments:
-    models: list[str] = field(
-        default_factory=lambda: [DEFAULT_BACKBONE, DEFAULT_MODEL],
-        metadata={"help": "Saved few-shot models or HF backbones (folders or Hub ids), one table column each."},
-    )
-    data_source: str = field(default="minimeta", metadata={"help": "'minimeta', a converted folder or a Hub id."})
-    domains: list[str] = field(default_factory=lambda: list(DOMAINS), metadata={"help": "Test domains."})
-    in_domain: list[str] = field(
-        default_factory=lambda: list(TRAIN_DOMAINS), metadata={"help": "Domains counted as ID (meta-training)."}
-    )
-    num_episodes: int = field(default=600, metadata={"help": "Episodes per domain."})
-    protocol: str = field(default="md", metadata={"help": "Episode protocol: md, fixed or md_5shot."})
-    n_way: int | None = None
-    n_shot: int | None = None
-    n_query: int | None = None
-    max_ways: int = field(default=50, metadata={"help": "Most classes in an md / md_5shot episode."})
-    image_size: int = field(default=32, metadata={"help": "Image side fed to the models (128 for DINO ViT-S/16)."})
-    seed: int = field(default=0, metadata={"help": "Seed of the episodes: the same seed gives the same tasks."})
-    finetune_mode: str | None = field(default=None, metadata={"help": "'full' or 'lora' fine-tuning per task."})
-    finetune_learning_rate: float | None = field(default=None, metadata={"help": "None: chosen on each support."})
-    finetune_steps: int = 50
-    output: str = field(default="runs/evaluation.md", metadata={"help": "Markdown table (+ .json beside it)."})
-
-
-def run(args: EvaluateArguments) -> str:
-    test = {domain: load_domain(args.data_source, domain, "test") for domain in args.domains}
-    finetune = None
-    if args.finetune_mode is not None:
-        finetune = {"mode": args.finetune_mode, "steps": args.finetune_steps}
-        finetune["learning_rate"] = "auto" if args.finetune_learning_rate is None else args.finetune_learning_rate
-    settings = dict(
-        in_domain=[d for d in args.in_domain if d in test],
-        protocol=args.protocol,
-        n_way=args.n_way,
-        n_shot=args.n_shot,
-        n_query=args.n_query,
-        max_ways=args.max_ways,
-        image_size=args.image_size,
-        seed=args.seed,
-        finetune=finetune,
-    )
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    results = {
-        name: evaluate_episodes(load_fewshot_model(name).to(device), test, args.num_episodes, **settings)
-        for name in args.models
-    }
-    table = results_table(results)
-    print(f"\nTest accuracy (%), {args.num_episodes} episodes per domain, mean ± 95% CI:\n\n{table}\n")
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    output.write_text(table + "\n")
-    output.with_suffix(".json").write_text(
-        json.dumps({name: result.to_dict() for name, result in results.items()}, indent=2) + "\n"
-    )
-    return table
-
-
-def main(argv: list[str] | None = None) -> str:
-    (args,) = parse_recipe_arguments((EvaluateArguments,), {}, argv)
-    return run(args)
-
+from hf_fewshot.commands.evaluate import *  # noqa: F403  (the names the recipe always had)
+from hf_fewshot.commands.evaluate import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="recipes/evaluate_fewshot.py")

@@ -10,47 +10,12 @@ See docs/sam.md, "Pre-training a backbone".
 The backbone (e.g. a `ViTModel`) is saved to `{output_dir}/backbone`, ready for `--backbone` of meta_tune.py or
 `SmatModel.from_backbone`. A rerun resumes from the last complete checkpoint in `output_dir`; a rerun of a finished
 run trains nothing.
+
+The same as the command `hf-fewshot pretrain` (`hf_fewshot/commands/pretrain.py`), as a script.
 """
 
-from dataclasses import asdict, dataclass, field
-from pathlib import Path
-
-from transformers import ViTConfig
-
-from hf_fewshot.data.minimeta import TRAIN_DOMAINS
-from hf_fewshot.defaults import PRETRAIN_DEFAULTS as DEFAULTS
-from hf_fewshot.defaults import TINY_VIT, TINY_VIT_CONFIG
-from hf_fewshot.runs import pretrain_run
-from hf_fewshot.training import FewShotTrainingArguments
-from hf_fewshot.training.cli import parse_recipe_arguments
-
-
-@dataclass
-class PretrainArguments:
-    backbone: str = field(
-        default=TINY_VIT,
-        metadata={
-            "help": f"Hub id or folder to start from (information fusion), or {TINY_VIT!r} for a random tiny ViT."
-        },
-    )
-    data_source: str = field(
-        default="minimeta", metadata={"help": "'minimeta', a converted Meta-Dataset folder, or a Hub dataset id."}
-    )
-    domains: list[str] = field(
-        default_factory=lambda: list(TRAIN_DOMAINS),
-        metadata={"help": "Domains whose training classes form the classifier (one per backbone in the paper)."},
-    )
-
-
-def run(args: PretrainArguments, training_args: FewShotTrainingArguments) -> Path:
-    """Train, save `{output_dir}/backbone` (rank 0), and return its path. A rerun of a finished run reuses it."""
-    backbone = ViTConfig(**TINY_VIT_CONFIG) if args.backbone == TINY_VIT else args.backbone
-    return pretrain_run(backbone, args.data_source, args.domains, training_args, asdict(args))
-
-
-def main(argv: list[str] | None = None) -> Path:
-    return run(*parse_recipe_arguments((PretrainArguments, FewShotTrainingArguments), DEFAULTS, argv))
-
+from hf_fewshot.commands.pretrain import *  # noqa: F403  (the names the recipe always had)
+from hf_fewshot.commands.pretrain import main
 
 if __name__ == "__main__":
-    main()
+    main(prog="recipes/pretrain.py")

@@ -14,12 +14,16 @@ from transformers import HfArgumentParser
 
 
 def parse_recipe_arguments(
-    dataclass_types: Sequence[type], defaults: Mapping[str, Any], argv: Sequence[str] | None = None
+    dataclass_types: Sequence[type],
+    defaults: Mapping[str, Any],
+    argv: Sequence[str] | None = None,
+    prog: str | None = None,
 ) -> tuple:
     """Instances of `dataclass_types` from, in increasing priority: the recipe's `defaults`, a YAML file given as
     the first argument, and `--name value` flags. With no arguments at all the recipe runs its defaults.
 
-    Unknown keys (in the defaults or the YAML file) are an error naming them, not silently ignored.
+    Unknown keys (in the defaults or the YAML file) are an error naming them, not silently ignored. `prog` names the
+    command in `--help` and error messages.
     """
     argv = list(sys.argv[1:] if argv is None else argv)
     values = dict(defaults)
@@ -35,7 +39,9 @@ def parse_recipe_arguments(
     unknown = sorted(set(values) - known)
     if unknown:
         raise ValueError(f"Unknown argument(s) {unknown}; see --help for the accepted names.")
-    parser = HfArgumentParser(dataclass_types)
+    parser = HfArgumentParser(dataclass_types, prog=prog)
+    # A mistyped flag: one line and exit status 2, not argparse's page-long usage of every Trainer argument.
+    parser.error = lambda message: parser.exit(2, f"{parser.prog}: error: {message} (see --help)\n")
     actions = {}
     for action in parser._actions:  # a bool field also has an untyped `--no_x` action with the same dest
         if action.dest not in actions or actions[action.dest].type is None:
