@@ -20,6 +20,7 @@ from typing import Literal
 import torch
 import torch.nn.functional as F
 from torch import nn
+from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jitter_colours
@@ -98,6 +99,7 @@ def finetune_on_support(
     lora_targets: Sequence[str] = LORA_TARGETS,
     autocast: torch.dtype | None = None,
     seed: int = 0,
+    progress: bool = False,
 ) -> FewShotTask:
     """Adapt to one task and return it as a `FewShotTask` (its `backbone` is a fine-tuned copy, or a PEFT model
     holding the task's LoRA adapter: `task.save_adapter(folder)` saves it with the weights it was trained on).
@@ -117,8 +119,9 @@ def finetune_on_support(
     n_way = check_episode(support_pixel_values, support_labels)
     if learning_rate == "auto":
         learning_rate = choose_learning_rate(
-            model, support_pixel_values, support_labels, mode, steps, learning_rates=learning_rates, seed=seed
-        )
+            model, support_pixel_values, support_labels, mode, steps, learning_rates=learning_rates, seed=seed,
+            progress=progress,
+        )  # fmt: skip
     backbone, scale, bias = _task_backbone_and_head(model, support_pixel_values, support_labels)
     if mode == "lora":
         from peft import LoraConfig, get_peft_model  # here: importing PEFT costs seconds, and only LoRA needs it
@@ -141,7 +144,7 @@ def finetune_on_support(
         augment = SupportAugmentation()
         backbone.train()
         mixed_precision = torch.autocast(support_pixel_values.device.type, autocast, enabled=autocast is not None)
-        for _ in range(steps):
+        for _ in tqdm(range(steps), desc=f"fine-tuning ({mode}, lr {learning_rate:g})", disable=not progress):
             with torch.no_grad(), mixed_precision:  # targets, not a path for the gradient: one backward per step
                 clean = backbone_features(backbone, support_pixel_values).float()
             prototypes = class_prototypes(clean, support_labels, n_way)
@@ -197,16 +200,17 @@ def choose_learning_rate(
     *,
     learning_rates: Sequence[float] = DEFAULT_LEARNING_RATES,
     seed: int = 0,
+    progress: bool = False,
 ) -> float:
     """The learning rate (of `learning_rates`) whose fine-tuning on a pseudo-support set best classifies the
     held-out pseudo-queries — all taken from the support set, so no test label is ever seen. Ties go to the
-    smaller learning rate (0 = no fine-tuning)."""
+    smaller learning rate (0 = no fine-tuning). `progress=True` shows a bar over the candidates."""
     if not learning_rates:
         raise ValueError("learning_rates is empty.")
     support_rows, query_rows = pseudo_episode(support_labels, seed)
     pseudo_support, pseudo_labels = support_pixel_values[support_rows], support_labels[support_rows]
     best_rate, best_accuracy = None, -math.inf
-    for rate in sorted(learning_rates):
+    for rate in tqdm(sorted(learning_rates), desc="choosing the learning rate", disable=not progress):
         task = finetune_on_support(model, pseudo_support, pseudo_labels, mode, rate, steps, seed=seed)
         predictions = task(support_pixel_values[query_rows]).argmax(-1)
         accuracy = (predictions == support_labels[query_rows]).float().mean().item()
@@ -237,18 +241,24 @@ def leave_one_out_accuracy(features: torch.Tensor, labels: torch.Tensor) -> floa
 
 @torch.no_grad()
 def select_backbone(
-    backbones: Mapping[str, nn.Module], support_pixel_values: torch.Tensor, support_labels: torch.Tensor
+    backbones: Mapping[str, nn.Module],
+    support_pixel_values: torch.Tensor,
+    support_labels: torch.Tensor,
+    progress: bool = False,
 ) -> tuple[str, dict[str, float]]:
     """The backbone of the pool whose features best separate the support set (leave-one-out nearest-centroid
     accuracy, docs/sam.md, "Choosing a backbone per task"), and every backbone's score. Ties go to the first in the
     pool's order; so does a support set with one image per class (nothing to hold out: every score is NaN), as
-    Meta-Dataset episodes can be."""
-    best, scores, _ = _select_with_features(backbones, support_pixel_values, support_labels)
+    Meta-Dataset episodes can be. `progress=True` shows a bar over the pool."""
+    best, scores, _ = _select_with_features(backbones, support_pixel_values, support_labels, progress)
     return best, scores
 
 
 def _select_with_features(
-    backbones: Mapping[str, nn.Module], support_pixel_values: torch.Tensor, support_labels: torch.Tensor
+    backbones: Mapping[str, nn.Module],
+    support_pixel_values: torch.Tensor,
+    support_labels: torch.Tensor,
+    progress: bool = False,
 ) -> tuple[str, dict[str, float], torch.Tensor | None]:
     """`select_backbone`, plus the picked backbone's support features (None when nothing could be scored), so
     that a caller building prototypes does not run the picked backbone a second time."""
@@ -256,7 +266,7 @@ def _select_with_features(
     if int(torch.bincount(support_labels).max()) < 2:
         return next(iter(backbones)), {name: math.nan for name in backbones}, None
     scores, features = {}, {}
-    for name, model in backbones.items():
+    for name, model in tqdm(backbones.items(), desc="scoring backbones", disable=not progress):
         backbone = getattr(model, "backbone", model)
         with eval_mode(backbone):
             features[name] = backbone_features(backbone, support_pixel_values)

@@ -10,6 +10,7 @@ The mean ± 95% CI is the shipped `evaluate` metric's (`EPISODIC_ACCURACY`, docs
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -262,6 +263,19 @@ def _check_frozen_episodes(episodes: FrozenEpisodes, dataset: datasets.Dataset, 
             )
 
 
+ESTIMATE_AFTER = 3
+"""Episodes after which a progress-showing evaluation prints how long the whole evaluation will take."""
+
+
+def duration_estimate(seconds: float, done: int, episodes_per_domain: int, num_domains: int, finetuned: bool) -> str:
+    """The whole evaluation's expected wall time, from the pace of its first `done` episodes (domains alike)."""
+    per_episode = seconds / done
+    total = per_episode * episodes_per_domain * num_domains
+    duration = f"{total / 60:.1f} min" if total >= 60 else f"{total:.0f} s"
+    what = "fine-tuned episodes" if finetuned else "episodes"
+    return f"≈ {duration} for {episodes_per_domain * num_domains} {what} ({per_episode:.2f} s each, first {done})"
+
+
 def evaluate_episodes(
     model: torch.nn.Module,
     domains: Mapping[str, datasets.Dataset],
@@ -304,10 +318,16 @@ def evaluate_episodes(
                     dataset, protocol=protocol, seed=seed, num_episodes=num_episodes, **sampler_kwargs
                 )
             loader = episode_loader(episodes, EpisodeCollator(dataset, transform), num_workers=num_workers)
-            metrics = [
-                episode_metrics(model, episode, finetune)
-                for episode in tqdm(loader, desc=f"evaluating {name}", disable=not progress, leave=False)
-            ]
+            bar = tqdm(loader, desc=f"evaluating {name}", disable=not progress, leave=False)
+            metrics, start = [], time.perf_counter()
+            for episode in bar:
+                metrics.append(episode_metrics(model, episode, finetune))
+                if progress and not results and len(metrics) == ESTIMATE_AFTER:
+                    seconds = time.perf_counter() - start
+                    bar.write(
+                        duration_estimate(seconds, ESTIMATE_AFTER, len(episodes), len(domains), finetune is not None)
+                    )
+            bar.close()
             accuracies = tuple(m.accuracy for m in metrics)
             routing = tuple(m.expert_weights for m in metrics if m.expert_weights is not None)
             mean, ci95 = mean_and_ci95(accuracies)

@@ -1,6 +1,7 @@
 """evaluate_episodes: reproducible per-domain accuracy with CIs, ID / OOD averages, tables, fine-tuning per task."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -82,3 +83,13 @@ def test_episode_accuracies_are_kept_and_a_prefix_equals_a_shorter_evaluation(mo
     short = evaluate_episodes(model, domains, 4, in_domain=["emoji"], seed=1, **SETTINGS)
     assert len(long["emoji"].episode_accuracies) == 6
     assert long.first_episodes(4).to_dict() == pytest.approx(short.to_dict())
+
+
+def test_a_long_evaluation_says_how_long_it_will_take(capsys):
+    model = ProtoNetModel.from_backbone(tiny_vit_config(num_hidden_layers=1))
+    digits = {"digits": load_domain("minimeta", "digits", "test")}
+    finetune = {"mode": "full", "learning_rate": 1e-3, "steps": 1}
+    evaluate_episodes(model, digits, 4, image_size=16, max_ways=5, finetune=finetune, progress=True)
+    printed = capsys.readouterr()  # tqdm writes the line beside its bar
+    estimate = r"≈ \d+(\.\d)? (s|min) for 4 fine-tuned episodes \(\d+\.\d\d s each, first 3\)"
+    assert re.search(estimate, printed.err + printed.out), printed

@@ -45,9 +45,13 @@ def run(args: AdaptArguments) -> Path:
     support = EvalTransform(size)(images)
     task_learning_rate = args.learning_rate
     if task_learning_rate is None:
-        task_learning_rate = choose_learning_rate(model, support, labels, args.mode, args.steps, seed=args.seed)
+        task_learning_rate = choose_learning_rate(
+            model, support, labels, args.mode, args.steps, seed=args.seed, progress=True
+        )
         print(f"Learning rate chosen on the images themselves: {task_learning_rate}")
-    task = finetune_on_support(model, support, labels, args.mode, task_learning_rate, args.steps, seed=args.seed)
+    task = finetune_on_support(
+        model, support, labels, args.mode, task_learning_rate, args.steps, seed=args.seed, progress=True
+    )
     output = Path(args.output_dir)
     task.save_image_classifier(output / "classifier", id2label)  # with its processor: pipeline-ready
     if args.mode == "lora":
