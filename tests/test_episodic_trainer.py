@@ -465,3 +465,19 @@ def test_resuming_from_the_final_checkpoint_trains_nothing(tmp_path, glyphs):
     longer = training_arguments(tmp_path, max_steps=5, save_strategy="steps", save_steps=1)
     assert EpisodicTrainer(tiny_smat(), longer, train_dataset={"glyphs": glyphs["train"]}).train(
         resume_from_checkpoint=True).global_step == 5, "a longer run goes on from the checkpoint"  # fmt: skip
+
+
+@pytest.mark.parametrize("method", ["smat", "protonet"])
+def test_bf16_autocast_meta_training_keeps_fp32_weights(tmp_path, glyphs, method):
+    # recipes/configs/smat_vits16_metadataset.yaml sets bf16: true; on CPU the Trainer autocasts to bf16 as on GPU.
+    torch.manual_seed(0)
+    model = tiny_smat() if method == "smat" else ProtoNetModel.from_backbone(tiny_vit_config())
+    args = training_arguments(tmp_path, bf16=True, max_steps=2)
+    trainer = EpisodicTrainer(model, args, train_dataset=glyphs["train"])
+    seen = []
+    hook = model.backbone.layers[0].attention.q_proj.register_forward_hook(lambda m, i, o: seen.append(o.dtype))
+    result = trainer.train()
+    hook.remove()
+    assert math.isfinite(result.training_loss)
+    assert torch.bfloat16 in seen, "the forward ran under bf16 autocast"
+    assert {p.dtype for p in model.parameters()} == {torch.float32}, "master weights, gates and multipliers stay fp32"
