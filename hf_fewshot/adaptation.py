@@ -24,7 +24,7 @@ from tqdm.auto import tqdm
 from transformers import PreTrainedModel
 
 from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jitter_colours
-from hf_fewshot.models.prototypes import (
+from hf_fewshot.models.modeling_fewshot import (
     DEFAULT_LOGIT_SCALE,
     FewShotOutput,
     FewShotTask,

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hf_fewshot.models.prototypes import eval_mode
+from hf_fewshot.models.modeling_fewshot import eval_mode
 
 SPARSITY_TOLERANCE = 0.05  # eval-gate sparsity within ±0.05 of τ
 SATURATION_GOAL = 0.95  # share of eval gates exactly 0 or 1

@@ -27,7 +27,7 @@ from hf_fewshot.data.domains import column_as_numpy
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, episode_loader
 from hf_fewshot.data.transforms import EvalTransform
 from hf_fewshot.metrics.episodic_accuracy.interval import T_INTERVAL_BELOW, mean_and_interval
-from hf_fewshot.models.prototypes import eval_mode
+from hf_fewshot.models.modeling_fewshot import eval_mode
 
 
 @dataclass(frozen=True)

@@ -19,7 +19,7 @@ from torch import nn
 from hf_fewshot.data import load_domain
 from hf_fewshot.diagnostics import SmatDiagnostics
 from hf_fewshot.evaluation import EvaluationResults, results_table
-from hf_fewshot.models.prototypes import FewShotConfig
+from hf_fewshot.models.configuration_fewshot import FewShotConfig
 
 if TYPE_CHECKING:  # the Trainer's module costs a second to import, and only the recipes push
     from transformers import TrainingArguments

@@ -20,7 +20,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModel
 
 from hf_fewshot.models import ProtoNetConfig, ProtoNetModel, SmatConfig, SmatModel
-from hf_fewshot.models.prototypes import FewShotConfig, FewShotPreTrainedModel
+from hf_fewshot.models.configuration_fewshot import FewShotConfig
+from hf_fewshot.models.modeling_fewshot import FewShotPreTrainedModel
 from hf_fewshot.training.optimization import protonet_optimizer, smat_optimizer
 
 OptimizerBuilder = Callable[[nn.Module, Any], torch.optim.Optimizer]

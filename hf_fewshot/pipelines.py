@@ -25,7 +25,7 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from hf_fewshot.models.image_processing import open_images
-from hf_fewshot.models.prototypes import encode_support_labels
+from hf_fewshot.models.modeling_fewshot import encode_support_labels
 
 ImageInput = Image.Image | str | os.PathLike
 

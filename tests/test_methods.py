@@ -20,7 +20,7 @@ from hf_fewshot import (
 from hf_fewshot.hub import fewshot_model_card
 from hf_fewshot.methods import get_method, method_for
 from hf_fewshot.models import FewShotConfig, FewShotOutput, FewShotPreTrainedModel, FewShotTask
-from hf_fewshot.models.prototypes import build_backbone, check_episode, class_prototypes, cosine_logits
+from hf_fewshot.models.modeling_fewshot import build_backbone, check_episode, class_prototypes, cosine_logits
 
 
 class NearestMeanConfig(FewShotConfig):

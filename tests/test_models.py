@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from transformers import AutoModel, ViTImageProcessor, pipeline
 
 from hf_fewshot import ProtoNetModel, SmatConfig, SmatModel
-from hf_fewshot.models.prototypes import class_prototypes
+from hf_fewshot.models.modeling_fewshot import class_prototypes
 
 # transformers' default initialisation (std 0.02), as these tests were written: the exact round trips compare
 # logits bit for bit, and at the larger weights of std 0.2 a fresh SMAT and its reloaded copy (identical tensors)
@@ -273,7 +273,9 @@ def test_remote_code_loads_in_a_process_that_never_imported_hf_fewshot(smat, tmp
     with torch.no_grad():
         smat.delta.normal_(0, 1e-2)
     smat.save_pretrained(tmp_path)
-    assert {"modeling_smat.py", "configuration_smat.py", "prototypes.py"} <= {p.name for p in tmp_path.iterdir()}
+    assert {"modeling_smat.py", "configuration_smat.py", "modeling_fewshot.py", "configuration_fewshot.py"} <= {
+        p.name for p in tmp_path.iterdir()
+    }
     support, support_labels, query, _ = episode()
     torch.save({"support": support, "labels": support_labels, "query": query}, tmp_path / "episode.pt")
     smat.eval()

@@ -6,11 +6,12 @@ carries its modeling files and loads with `trust_remote_code=True` where `hf_few
 
 from transformers import AutoConfig, AutoModel, PreTrainedModel
 
+from .configuration_fewshot import FewShotConfig
 from .configuration_protonet import ProtoNetConfig
 from .configuration_smat import SmatConfig
+from .modeling_fewshot import CosinePrototypeHead, FewShotOutput, FewShotPreTrainedModel, FewShotTask
 from .modeling_protonet import ProtoNetModel
 from .modeling_smat import SmatModel, SmatOutput
-from .prototypes import CosinePrototypeHead, FewShotConfig, FewShotOutput, FewShotPreTrainedModel, FewShotTask
 
 
 def from_pretrained_strictly(model_class: type[PreTrainedModel], name_or_path: str, **kwargs) -> PreTrainedModel:

@@ -1,6 +1,6 @@
 """Configuration of the P>M>F ProtoNet (Hu et al., CVPR 2022): a backbone and a learnable cosine prototype head."""
 
-from .prototypes import FewShotConfig
+from .configuration_fewshot import FewShotConfig
 
 
 class ProtoNetConfig(FewShotConfig):

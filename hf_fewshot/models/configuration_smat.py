@@ -3,7 +3,7 @@ configuration"."""
 
 import math
 
-from .prototypes import FewShotConfig
+from .configuration_fewshot import FewShotConfig
 
 # The paper's schedule: τ_r falls from 5 to 0.5 at 1/4000 per task, i.e. after 18,000 of its 50,000 tasks.
 PAPER_META_TRAINING_TASKS = 50_000

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from .configuration_protonet import ProtoNetConfig
-from .prototypes import (
+from .modeling_fewshot import (
     CosinePrototypeHead,
     FewShotOutput,
     FewShotPreTrainedModel,

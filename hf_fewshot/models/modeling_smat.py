@@ -21,7 +21,7 @@ from torch.nn.utils.parametrizations import spectral_norm
 from transformers import initialization as init
 
 from .configuration_smat import SmatConfig
-from .prototypes import (
+from .modeling_fewshot import (
     CosinePrototypeHead,
     FewShotOutput,
     FewShotPreTrainedModel,

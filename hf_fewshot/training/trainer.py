@@ -26,8 +26,9 @@ from hf_fewshot.diagnostics import smat_diagnostics
 from hf_fewshot.evaluation import DomainAccuracy, EvaluationResults, episode_metrics, mean_and_ci95
 from hf_fewshot.methods import method_for
 from hf_fewshot.models import from_pretrained_strictly
+from hf_fewshot.models.configuration_fewshot import FewShotConfig
+from hf_fewshot.models.modeling_fewshot import eval_mode
 from hf_fewshot.models.modeling_smat import SmatModel
-from hf_fewshot.models.prototypes import FewShotConfig, eval_mode
 
 from .arguments import FewShotTrainingArguments
 from .checkpoints import check_finite_weights, last_complete_checkpoint

@@ -1,4 +1,7 @@
-"""The cosine prototype head shared by ProtoNet (P>M>F) and SMAT, and the checks of an episode's inputs.
+"""What every few-shot model is built of: the checks of an episode's inputs, the cosine prototype head shared by
+ProtoNet (P>M>F) and SMAT, backbone building and loading, the prepared task (`FewShotTask`) and the base model
+(`FewShotPreTrainedModel`: building from a backbone, raw-image prediction, saving and pushing with processor and
+card). Its configuration is `configuration_fewshot.FewShotConfig`.
 
 `logits = scale · (cos(f(x), p_c) + bias)` where `p_c` is the mean support feature of class c (no
 normalisation before averaging, as P>M>F). This file is copied next to the modeling files when a model
@@ -7,13 +10,8 @@ installed, is imported lazily).
 """
 
 import copy
-import dataclasses
-import difflib
-import numbers
 import os
 import tempfile
-import types
-import typing
 from collections.abc import Hashable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,13 +33,10 @@ from transformers import (
     ViTForImageClassification,
 )
 from transformers import initialization as init
-from transformers.configuration_utils import SubConfigSpec
 from transformers.utils import ModelOutput
 
+from .configuration_fewshot import DEFAULT_LOGIT_SCALE, FewShotConfig
 from .image_processing import eval_image_processor, open_images
-
-DEFAULT_LOGIT_SCALE = 10.0
-"""The cosine head's scale `s` (P>M>F's initial value, SMAT's fixed one, and the plain-backbone baseline's)."""
 
 
 def check_episode(
@@ -186,96 +181,6 @@ class FewShotOutput(ModelOutput):
 
     loss: torch.Tensor | None = None
     logits: torch.Tensor | None = None
-
-
-class FewShotConfig(PreTrainedConfig):
-    """What both few-shot models share: the nested backbone config, where it came from, and the head's scale/bias.
-
-    Loading a checkpoint of another model type into this config raises a `ValueError` instead of
-    silently building a wrong model.
-    """
-
-    sub_configs_defaults = {"backbone_config": SubConfigSpec(config_class=AutoConfig, model_type="vit")}
-
-    backbone_config: dict | PreTrainedConfig | None = None
-    backbone_name_or_path: str | None = None
-    logit_scale: float = DEFAULT_LOGIT_SCALE
-    logit_bias: float = 0.0
-    image_size: int | None = None  # the size it is meta-trained and evaluated at; None: the backbone's
-
-    # What a model card says of the method (class attributes, not settings): a Markdown summary, the papers.
-    summary = "A few-shot image classifier: cosine similarity of query features to the class prototypes."
-    papers = ()
-
-    @classmethod
-    def settings_for_training(cls, settings: dict[str, Any], num_tasks: int) -> dict[str, Any]:
-        """`settings` of this configuration completed with what depends on the training length (`num_tasks`
-        meta-training tasks); given values are kept. The base configuration has nothing of the kind."""
-        return dict(settings)
-
-    @property
-    def eval_image_size(self) -> int:
-        """The image size of the model's processor: `image_size`, else the backbone's (224 for DINO ViT-S/16)."""
-        size = self.image_size or self.backbone_config.image_size
-        return size if isinstance(size, int) else int(size[0])
-
-    def __post_init__(self, **kwargs):
-        """Refuse settings this config does not have (`sparsity_targt` would be kept as a stray attribute while the
-        default is used) and values of the wrong type, before anything is built from them."""
-        names = {f.name for f in dataclasses.fields(self)}
-        unknown = sorted(key for key in kwargs if key not in names and key not in _PRETRAINED_CONFIG_KEYS)
-        if unknown:
-            hints = [
-                f"{key!r} (did you mean {close[0]!r}?)"
-                if (close := difflib.get_close_matches(key, names, 1))
-                else repr(key)
-                for key in unknown
-            ]
-            raise ValueError(f"{type(self).__name__} has no setting {', '.join(hints)}.")
-        for klass in type(self).__mro__:  # the settings of the few-shot configs, not PreTrainedConfig's own
-            if isinstance(klass, type) and issubclass(klass, FewShotConfig):
-                for name, expected in klass.__dict__.get("__annotations__", {}).items():
-                    _check_type(type(self).__name__, name, getattr(self, name), expected)
-        super().__post_init__(**kwargs)
-
-    @classmethod
-    def from_dict(cls, config_dict: dict[str, Any], **kwargs) -> PreTrainedConfig:
-        found = config_dict.get("model_type")
-        if found and cls.model_type and found != cls.model_type:
-            raise ValueError(
-                f"This checkpoint is a {found!r} model, not {cls.model_type!r}: load it with its own class "
-                "or with transformers.AutoModel after `import hf_fewshot`."
-            )
-        return super().from_dict(config_dict, **kwargs)
-
-
-# Keys PreTrainedConfig itself accepts (or writes into config.json) beyond its fields.
-_PRETRAINED_CONFIG_KEYS = {
-    "auto_map", "model_type", "transformers_version", "torch_dtype", "name_or_path", "_name_or_path", "_commit_hash",
-    "output_attentions", "attn_implementation", "experts_implementation", "num_labels", "per_layer_config",
-    "_attn_implementation_internal", "_experts_implementation_internal", "use_cache",  # the Trainer sets use_cache
-    "quantization_config", "fusion_config",  # set (and saved) by from_pretrained when given
-}  # fmt: skip
-
-
-def _check_type(owner: str, name: str, value: Any, expected: Any) -> None:
-    """A clear error for a config value of the wrong type (`num_experts=2.5`, `sparsity_target="0.5"`). Only
-    scalar settings are checked here; lists and nested configs are checked where they are used."""
-    allowed = (
-        typing.get_args(expected) if typing.get_origin(expected) in (typing.Union, types.UnionType) else (expected,)
-    )
-    if value is None and type(None) in allowed:
-        return
-    kinds = [kind for kind in allowed if kind is not type(None)]
-    if any(kind not in (bool, int, float) for kind in kinds):
-        return
-    plain_number = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if (bool in kinds and isinstance(value, bool)) or (float in kinds and plain_number):
-        return
-    if int in kinds and plain_number and isinstance(value, numbers.Integral):
-        return
-    names = " or ".join(kind.__name__ for kind in allowed).replace("NoneType", "None")
-    raise ValueError(f"{owner}.{name} must be {names}, got {value!r} ({type(value).__name__}).")
 
 
 def build_backbone(config: PreTrainedConfig) -> PreTrainedModel:
