@@ -45,6 +45,8 @@ setup(
         "minimeta": ["fonttools>=4.40", "scikit-learn>=1.3"],
         # Converting the official Meta-Dataset TFRecords (CRC-32C checksums of every record).
         "metadataset": ["google-crc32c>=1.5"],
+        # The browser demo (`python demo/app.py`).
+        "demo": ["gradio>=5"],
         "dev": [
             "pytest>=8.0",
             "ruff>=0.6",
@@ -52,6 +54,8 @@ setup(
             "fonttools>=4.40",
             "scikit-learn>=1.3",
             "google-crc32c>=1.5",
+            "gradio>=5",  # the demo and its browser test (with Debian's chromium and chromium-driver)
+            "selenium>=4.11",  # drives the system chromedriver given to it: nothing is downloaded
         ],
     },
 )
