@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from collections import Counter
 from collections.abc import Mapping, Sequence
 from typing import Literal
@@ -130,7 +131,9 @@ def finetune_on_support(
         config = LoraConfig(r=lora_rank, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=0.0)
         with torch.random.fork_rng(devices=[]):  # LoRA's A matrices are drawn from `seed`, not the global RNG
             torch.manual_seed(seed)
-            backbone = get_peft_model(backbone, config)
+            with warnings.catch_warnings():  # PEFT asks transformers 5 a deprecated question on every call
+                warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+                backbone = get_peft_model(backbone, config)
         # The adapter sits on this task's own copy (for SMAT: its merged experts), not on the checkpoint the copy's
         # config names: record no base rather than a wrong one. `FewShotTask.save_adapter` saves the two together.
         backbone.peft_config["default"].base_model_name_or_path = None
