@@ -4,19 +4,20 @@ The arguments and trainers import transformers' Trainer (and through it PEFT), w
 first use (PEP 562), so that the optimisers can be registered with the methods at `import hf_fewshot`.
 """
 
+from hf_fewshot.lazy import lazy_exports
+
 from .optimization import ChainedOptimizer, protonet_optimizer, smat_optimizer
 from .sam import perturbed_weights, sam_perturbation
 
-_LAZY = {"FewShotTrainingArguments": "arguments", "EpisodicTrainer": "trainer", "SAMTrainer": "trainer"}
-_LAZY["ReliableTrainer"] = "trainer"
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(
+    __name__,
+    {
+        "FewShotTrainingArguments": ".arguments",
+        "ReliableTrainer": ".trainer",
+        "SAMTrainer": ".trainer",
+        "EpisodicTrainer": ".trainer",
+    },
+)
 
 
 __all__ = [

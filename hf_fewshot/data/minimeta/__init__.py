@@ -20,6 +20,7 @@ import datasets
 
 from hf_fewshot.data.domains import validate_domain_split
 from hf_fewshot.data.schema import domain_features
+from hf_fewshot.lazy import lazy_exports
 
 DOMAINS = ("glyphs", "emoji", "clipart", "digits")
 TRAIN_DOMAINS = ("glyphs", "emoji")
@@ -42,15 +43,9 @@ def load_split(domain: str, split: str) -> datasets.Dataset:
     return validate_domain_split(dataset, domain, split, origin="minimeta")
 
 
-_LAZY = {"build_minimeta": "build", "main": "build", "source_packages_available": "render"}
-
-
-def __getattr__(name: str):
-    if name in _LAZY:
-        import importlib
-
-        return getattr(importlib.import_module(f"{__name__}.{_LAZY[name]}"), name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+__getattr__ = lazy_exports(
+    __name__, {"build_minimeta": ".build", "main": ".build", "source_packages_available": ".render"}
+)
 
 
 __all__ = [
