@@ -201,6 +201,10 @@ def test_push_to_hub_writes_the_hf_fewshot_card_with_hub_valid_metadata(hub, tmp
     assert {"preprocessor_config.json", "model.safetensors", "modeling_smat.py", "image_processing.py"} <= files
     assert AutoImageProcessor.from_pretrained("user/smat-pushed").crop_size["height"] == model.config.eval_image_size
 
+    model.save_pretrained(tmp_path / "saved", push_to_hub=True, repo_id="smat-saved")  # a bare name: the user's
+    assert ModelCard.load("user/smat-saved").data.model_name == "user/smat-saved"
+    assert (tmp_path / "saved" / "preprocessor_config.json").is_file()
+
 
 def test_the_test_hub_refuses_what_the_hub_refuses(hub, tmp_path):
     (tmp_path / "bad").mkdir()

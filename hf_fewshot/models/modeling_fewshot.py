@@ -360,8 +360,10 @@ class FewShotPreTrainedModel(PreTrainedModel):
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args, repo_id: str | None = None, **kwargs) -> None:
         """`PreTrainedModel.save_pretrained`, plus the image processor and the hf-fewshot card (`README.md`, named
-        after `repo_id`, else the folder). With `push_to_hub=True` the folder is then pushed to `repo_id`."""
+        after `repo_id`, else the folder). With `push_to_hub=True` the saved folder is then uploaded to `repo_id`."""
         push = kwargs.pop("push_to_hub", False)
+        if push:  # the repo first: the card is named after its full id (a bare name gets the user's namespace)
+            api, repo_id = self._hub_repo(repo_id or Path(save_directory).resolve().name, kwargs.get("token"))
         super().save_pretrained(save_directory, *args, **kwargs)
         if kwargs.get("is_main_process", True):
             self.image_processor.save_pretrained(save_directory)
@@ -369,7 +371,7 @@ class FewShotPreTrainedModel(PreTrainedModel):
             if card is not None:
                 card.save(Path(save_directory) / "README.md")
         if push:
-            self.push_to_hub(repo_id or Path(save_directory).resolve().name, token=kwargs.get("token"))
+            api.upload_folder(folder_path=str(save_directory), repo_id=repo_id, commit_message="Upload few-shot model")
 
     def push_to_hub(
         self,
@@ -386,8 +388,7 @@ class FewShotPreTrainedModel(PreTrainedModel):
         commit URL. transformers' own `push_to_hub` would replace the card with a placeholder."""
         if kwargs:
             raise TypeError(f"push_to_hub() got unexpected argument(s) {sorted(kwargs)}.")
-        api = HfApi(token=token)
-        repo_id = api.create_repo(repo_id, private=private, exist_ok=True).repo_id
+        api, repo_id = self._hub_repo(repo_id, token, private)
         with tempfile.TemporaryDirectory() as folder:
             self.save_pretrained(folder, repo_id=repo_id)
             commit = api.upload_folder(
@@ -398,6 +399,12 @@ class FewShotPreTrainedModel(PreTrainedModel):
                 create_pr=create_pr,
             )
         return commit.commit_url
+
+    @staticmethod
+    def _hub_repo(repo_id: str, token: str | bool | None, private: bool | None = None) -> tuple[HfApi, str]:
+        """The Hub client and the full id of `repo_id`, created if needed."""
+        api = HfApi(token=token)
+        return api, api.create_repo(repo_id, private=private, exist_ok=True).repo_id
 
     @torch.no_grad()
     def predict(
