@@ -156,6 +156,31 @@ def test_chunked_gate_mixture_matches_direct_autograd(smat, noise):
         assert not torch.equal(noisy, log_alpha.detach()), "noise was applied"
 
 
+@pytest.mark.parametrize("saturated", [False, True])
+def test_backward_accumulates_the_bank_gradient_in_place(smat, saturated):
+    """`loss.backward()` adds each task's log α gradient into one persistent `.grad` (no fresh [M, N] block per task)
+    and gives exactly what autograd.grad returns; autograd.grad leaves `.grad` alone."""
+    if saturated:
+        saturate(smat)
+    smat.train()
+    weights = torch.tensor([0.2, 0.5, 0.3])
+    upstream = torch.randn(smat.delta.numel()), torch.tensor([0.0, 0.4, 0.1])
+
+    def task_loss():
+        mixed, density, _ = smat.mix_expert_gates(weights, with_density=True)
+        return (mixed * upstream[0]).sum() + density @ upstream[1]
+
+    (expected,) = torch.autograd.grad(task_loss(), [smat.gate_logits])
+    assert smat.gate_logits.grad is None, "autograd.grad returns the gradient, it does not accumulate it"
+    task_loss().backward()
+    buffer = smat.gate_logits.grad
+    torch.testing.assert_close(buffer, expected)
+    task_loss().backward()
+    assert smat.gate_logits.grad is buffer, "the second task adds into the same buffer"
+    torch.testing.assert_close(buffer, 2 * expected)
+    assert buffer.layout == torch.strided
+
+
 def saturate(smat: SmatModel, fractional: int = 50) -> None:
     """Gates as after training: log α at its bounds (90% closed), a few still fractional."""
     with torch.no_grad():
@@ -169,11 +194,11 @@ def test_merging_a_saturated_bank_uses_the_gate_code_and_stays_exact(smat):
     weights = torch.tensor([0.5, 0.3, 0.2])
     settings = smat._gate_settings(training=False)
     fresh = smat.mix_expert_gates(weights, with_density=False)[0]
-    assert smat._gate_codes[settings][1] is None, "fresh gates are fractional: no code, the chunked pass"
+    assert smat._bank_summaries[settings][1].code is None, "fresh gates are fractional: no code, the chunked pass"
     torch.testing.assert_close(fresh, weights @ smat.expert_gates())
     saturate(smat)
     merged = smat.mix_expert_gates(weights, with_density=False)[0]
-    assert len(smat._gate_codes[settings][1].fractional_index) == 50
+    assert len(smat._bank_summaries[settings][1].code.fractional_index) == 50
     torch.testing.assert_close(merged, weights @ smat.expert_gates())
     copy = SmatModel(smat.config).backbone
     with torch.no_grad():
@@ -189,19 +214,19 @@ def test_merging_a_saturated_bank_uses_the_gate_code_and_stays_exact(smat):
 
 
 def test_coded_training_gradients_equal_the_chunked_ones(smat):
-    """The gate code (saturated bank) and the chunked pass give the same values and gradients in training."""
+    """The bank summary (gate code of a saturated bank) and the chunked pass give the same values and gradients."""
     from hf_fewshot.models.smat_gates import MixedExpertGates
 
     saturate(smat)
     weights = torch.tensor([0.2, 0.5, 0.3], requires_grad=True)
     upstream = torch.randn(smat.delta.numel()), torch.tensor([0.0, 0.4, 0.1])
     settings = smat._gate_settings(training=True)
-    saturated_code = smat._gate_code(settings)
-    assert saturated_code is not None
+    summary = smat._bank_summary(settings)
+    assert summary.code is not None
     results = []
-    for code in (saturated_code, None):
+    for known in (summary, None):
         smat.gate_logits.grad = None
-        mixed, density, closed = MixedExpertGates.apply(smat.gate_logits, weights, settings, code, True)
+        mixed, density, closed = MixedExpertGates.apply(smat.gate_logits, weights, settings, known, True)
         (weight_grad,) = torch.autograd.grad(
             (mixed * upstream[0]).sum() + density @ upstream[1], [weights], retain_graph=True
         )
@@ -449,7 +474,7 @@ def test_cached_gate_code_follows_writes_that_bypass_the_version_counter(smat):
     smat.gate_logits.data[:, : smat.gate_logits.shape[1] // 2] *= -1  # flips half the gates, version unchanged
     stale_or_not = smat(*episode()).logits
     fresh = copy.deepcopy(smat)
-    fresh._gate_codes.clear()
+    fresh._bank_summaries.clear()
     assert torch.allclose(stale_or_not, fresh(*episode()).logits, atol=1e-6)
 
 

@@ -33,7 +33,7 @@ from .modeling_fewshot import (
     cosine_logits,
     eval_mode,
 )
-from .smat_gates import GateCode, GateSettings, MixedExpertGates
+from .smat_gates import BankSummary, GateSettings, MixedExpertGates
 
 
 @dataclass
@@ -162,7 +162,7 @@ class SmatModel(FewShotPreTrainedModel):
         self.router = SmatRouter(config, config.backbone_config.hidden_size)
         self.head = CosinePrototypeHead(config.logit_scale, 0.0, learnable_scale=False, learnable_bias=False)
         self.register_buffer("router_tasks_seen", torch.zeros((), dtype=torch.long))
-        self._gate_codes: dict[GateSettings, tuple] = {}  # compact gates per setting, keyed by log α's version
+        self._bank_summaries: dict[GateSettings, tuple] = {}  # per setting: (log α key, BankSummary)
         self._clamped_key = None
         self._merge_buffer: torch.Tensor | None = None  # reused by merge_task_weights_into
         self.post_init()
@@ -208,12 +208,14 @@ class SmatModel(FewShotPreTrainedModel):
 
         `d_m = mean(sigmoid(log α − β·ln(−γ/ζ)))` is the differentiable probability that a gate is non-zero
         (zeros unless `with_density`); the measured sparsity (no gradient) is the fraction of gates exactly 0.
-        Gradients reach log α and a. Deterministic gates are read from a compact code, rebuilt whenever
-        log α changes (once per optimizer step), when the bank is saturated enough for it to pay.
+        Gradients reach log α and a. For deterministic gates the closed fractions, the densities and (once the bank
+        is saturated enough for it to pay) a compact code of the gates are a `BankSummary`, rebuilt only when log α
+        changes (once per optimizer step): a task then pays for its mixture alone.
         """
         settings = self._gate_settings(self.training if training is None else training)
         weights = expert_weights.to(self.gate_logits.dtype)
-        return MixedExpertGates.apply(self.gate_logits, weights, settings, self._gate_code(settings), with_density)
+        summary = self._bank_summary(settings)
+        return MixedExpertGates.apply(self.gate_logits, weights, settings, summary, with_density)
 
     @torch.no_grad()
     def _gate_logits_key(self) -> tuple:
@@ -226,13 +228,14 @@ class SmatModel(FewShotPreTrainedModel):
         logits = self.gate_logits
         return logits.data_ptr(), logits._version, tuple(torch.sum(logits, dim=1).tolist())
 
-    def _gate_code(self, settings: GateSettings) -> GateCode | None:
+    def _bank_summary(self, settings: GateSettings) -> BankSummary | None:
+        """The `BankSummary` of the current log α for deterministic `settings` (cached until log α changes)."""
         if settings.noise > 0:
             return None
         key = self._gate_logits_key()
-        cached = self._gate_codes.get(settings)
+        cached = self._bank_summaries.get(settings)
         if cached is None or cached[0] != key:
-            cached = self._gate_codes[settings] = (key, GateCode.build(self.gate_logits.detach(), settings))
+            cached = self._bank_summaries[settings] = (key, BankSummary.build(self.gate_logits.detach(), settings))
         return cached[1]
 
     def expected_density(self) -> torch.Tensor:
@@ -495,7 +498,8 @@ class SmatModel(FewShotPreTrainedModel):
         and each tensor is one `addcmul` into the copy (fresh 100 MB allocations cost more than the arithmetic).
         """
         settings = self._gate_settings(training=False)
-        code = self._gate_code(settings)
+        summary = self._bank_summary(settings)
+        code = summary.code if summary is not None else None
         if code is None:
             mixed = self.mix_expert_gates(expert_weights, training=False, with_density=False)[0]
         else:
