@@ -287,6 +287,23 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, glyphs):
         assert torch.equal(expected, actual), name
 
 
+def test_checkpoints_keep_smats_dense_banks_and_the_final_save_is_compact(tmp_path, glyphs):
+    model = tiny_smat()
+    with torch.no_grad():  # as after training: saturated gates (90% closed)
+        closed = torch.rand(model.gate_logits.shape) < 0.9
+        model.gate_logits.copy_(torch.where(closed, math.log(0.01), math.log(100.0)))
+    args = training_arguments(tmp_path, max_steps=1, save_strategy="steps", save_steps=1)
+    trainer = EpisodicTrainer(model, args, train_dataset={"glyphs": glyphs["train"]})
+    trainer.train()
+    checkpoint = Path(last_complete_checkpoint(tmp_path))
+    assert [path.name for path in checkpoint.glob("*.safetensors")] == ["model.safetensors"]
+    resumed = SmatModel.from_pretrained(checkpoint)
+    assert torch.equal(resumed.gate_logits, model.gate_logits), "log α as it is, for an exact resume"
+    assert model.save_compact
+    trainer.save_model(str(tmp_path / "final"))
+    assert (tmp_path / "final" / "smat_experts.safetensors").is_file()
+
+
 def test_protonet_meta_training_uses_sgd_over_backbone_and_head(tmp_path, glyphs):
     torch.manual_seed(0)
     model = ProtoNetModel.from_backbone(tiny_vit_config())

@@ -10,6 +10,7 @@ installed, is imported lazily).
 """
 
 import copy
+import itertools
 import os
 import tempfile
 from collections.abc import Hashable, Iterator, Sequence
@@ -331,6 +332,23 @@ class FewShotPreTrainedModel(PreTrainedModel):
         )
         model.backbone.load_state_dict(pretrained.state_dict())
         return model
+
+    @classmethod
+    def from_pretrained(cls, *args, **kwargs):
+        """`PreTrainedModel.from_pretrained`, each loaded tensor then moved to memory of its own where it was left at
+        an address that is not 64-byte aligned (as torch allocates).
+
+        transformers leaves the tensors where safetensors read them, at the file's offsets, which are only 8-byte
+        aligned; MKL's matrix-vector product sums in another order on a matrix that is not 16-byte aligned (SMAT's
+        router logits `tokens[0] @ expert_keys.T`, for one), so a reloaded model's logits would differ from the saved
+        model's by float rounding (a few 1e-6) instead of being bit-identical."""
+        loaded = super().from_pretrained(*args, **kwargs)
+        model = loaded[0] if isinstance(loaded, tuple) else loaded
+        with torch.no_grad():
+            for tensor in itertools.chain(model.parameters(), model.buffers()):
+                if tensor.data_ptr() % 64:
+                    tensor.data = tensor.data.clone()
+        return loaded
 
     def embed(self, pixel_values: torch.Tensor) -> torch.Tensor:
         """Backbone features `(n, dim)` of images (the model's own backbone weights)."""

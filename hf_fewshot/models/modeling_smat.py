@@ -10,15 +10,21 @@ The backbone runs functionally on the merged tensors (`torch.func.functional_cal
 """
 
 import copy
+import json
 import math
+import os
 import re
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file
 from torch import nn
 from torch.nn.utils.parametrizations import spectral_norm
+from transformers import PreTrainedConfig
 from transformers import initialization as init
+from transformers.utils import SAFE_WEIGHTS_INDEX_NAME, SAFE_WEIGHTS_NAME, cached_file
 
 from .configuration_smat import SmatConfig
 from .modeling_fewshot import (
@@ -32,8 +38,21 @@ from .modeling_fewshot import (
     class_prototypes,
     cosine_logits,
     eval_mode,
+    load_backbone,
 )
 from .smat_gates import BankSummary, GateSettings, MixedExpertGates
+from .smat_storage import (
+    EXPERTS_FILE,
+    backbone_checksum,
+    experts_for_saving,
+    experts_state_dict,
+    read_experts,
+    saved_separately,
+    write_experts,
+)
+
+_HUB_KWARGS = ("cache_dir", "force_download", "local_files_only", "proxies", "revision", "subfolder", "token")
+_LOADING_KWARGS = ("dtype", "torch_dtype", "quantization_config")  # also config attributes: kept from the config
 
 
 @dataclass
@@ -177,6 +196,64 @@ class SmatModel(FewShotPreTrainedModel):
             module.reset_parameters()
         elif not any(module is child for child in self.router.modules()):
             self.backbone._init_weights(module)
+
+    # ------------------------------------------------------------------------------------- checkpoints
+    save_compact = True
+    """Whether `save_pretrained` stores the experts compactly where that is smaller (docs/smat.md, "Checkpoints");
+    the Trainer turns it off for its checkpoints, which an exact resume reads."""
+
+    def save_pretrained(
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        include_backbone: bool = True,
+        compact: bool | None = None,
+        **kwargs,
+    ) -> None:
+        """`FewShotPreTrainedModel.save_pretrained` with the experts as they are after training (docs/smat.md,
+        "Checkpoints"): the gates and the delta elements some expert opens go into `smat_experts.safetensors` when
+        that is smaller than the dense banks (`compact`, default `save_compact`), and model.safetensors keeps the
+        rest. `include_backbone=False` leaves θ_pre out: it is loaded from `config.backbone_name_or_path` (a Hub id
+        or folder) and checked against the checksum recorded here."""
+        state_dict = kwargs.pop("state_dict", None)
+        state_dict = self.state_dict() if state_dict is None else dict(state_dict)
+        compact = self.save_compact if compact is None else compact
+        experts = experts_for_saving(state_dict, self.config, compact, include_backbone)
+        if kwargs.get("is_main_process", True):
+            path = Path(save_directory) / EXPERTS_FILE
+            if experts is None:
+                path.unlink(missing_ok=True)  # a previous compact save's: it would be read with these weights
+            else:
+                write_experts(path, *experts)
+        if experts is not None:
+            state_dict = {key: t for key, t in state_dict.items() if not saved_separately(key, experts[1])}
+        super().save_pretrained(save_directory, state_dict=state_dict, **kwargs)
+
+    @classmethod
+    def from_pretrained(cls, pretrained_model_name_or_path: str | os.PathLike | None, *model_args, **kwargs):
+        """`FewShotPreTrainedModel.from_pretrained`, which also reads the folders and Hub repos that `save_pretrained`
+        writes with `smat_experts.safetensors`: the full state dict is rebuilt (the backbone from
+        `backbone_name_or_path` where it was not stored, refused if its checksum differs) and loaded like any other."""
+        source = pretrained_model_name_or_path
+        hub = {key: kwargs[key] for key in _HUB_KWARGS if key in kwargs}
+        experts_path = None
+        if source is not None and kwargs.get("state_dict") is None:
+            experts_path = cached_file(source, EXPERTS_FILE, _raise_exceptions_for_missing_entries=False, **hub)
+        if experts_path is None:
+            return super().from_pretrained(source, *model_args, **kwargs)
+        for key in hub:
+            del kwargs[key]
+        config = kwargs.pop("config", None)
+        if not isinstance(config, PreTrainedConfig):  # as AutoModel resolves it, the loading arguments kept aside
+            loading = {key: kwargs.pop(key) for key in _LOADING_KWARGS if key in kwargs}
+            config, kwargs = cls.config_class.from_pretrained(
+                config or source, return_unused_kwargs=True, **hub, **kwargs
+            )
+            kwargs.update(loading)
+        state_dict = _compact_state_dict(source, experts_path, config, hub)
+        loaded = super().from_pretrained(None, *model_args, config=config, state_dict=state_dict, **kwargs)
+        (loaded[0] if isinstance(loaded, tuple) else loaded).config.name_or_path = str(source)
+        return loaded
 
     # ------------------------------------------------------------------------------------------- gates
     def _gate_settings(self, training: bool) -> "GateSettings":
@@ -513,6 +590,33 @@ class SmatModel(FewShotPreTrainedModel):
         for name, mixed_piece, delta_piece in pieces:
             target = targets[name]
             torch.addcmul(pre[name], mixed_piece.view_as(target), delta_piece.view_as(target), out=target)
+
+
+def _compact_state_dict(source, experts_path: str, config: SmatConfig, hub: dict) -> dict[str, torch.Tensor]:
+    """The full state dict of a folder or repo saved with its experts in `smat_experts.safetensors`."""
+    tensors, metadata = read_experts(experts_path)
+    weights = cached_file(source, SAFE_WEIGHTS_NAME, _raise_exceptions_for_missing_entries=False, **hub)
+    if weights is None:  # saved in shards
+        index = json.loads(Path(cached_file(source, SAFE_WEIGHTS_INDEX_NAME, **hub)).read_text())
+        shards = [cached_file(source, shard, **hub) for shard in sorted(set(index["weight_map"].values()))]
+    else:
+        shards = [weights]
+    state_dict = {}
+    for shard in shards:
+        state_dict.update(load_file(shard))
+    state_dict.update(experts_state_dict(tensors, metadata, config))
+    if metadata["backbone"] == "referenced":
+        name = config.backbone_name_or_path
+        backbone = load_backbone(name, **{k: v for k, v in hub.items() if k not in ("revision", "subfolder")})
+        pretrained = backbone.state_dict()
+        if backbone_checksum(pretrained) != metadata["backbone_sha256"]:
+            raise ValueError(
+                f"{source} was saved without its backbone, to be loaded from {name!r}; the backbone found there is "
+                "not the one the model was saved with (its checksum differs). Load it where that backbone is "
+                "available unchanged, or save the model with include_backbone=True."
+            )
+        state_dict.update({f"backbone.{key}": tensor for key, tensor in pretrained.items()})
+    return state_dict
 
 
 __all__ = ["SmatModel", "SmatOutput", "SmatRouter"]

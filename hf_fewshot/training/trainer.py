@@ -44,6 +44,8 @@ class ReliableTrainer(Trainer):
     - Resuming from a finished run's final checkpoint trains nothing (`train`).
     - Checkpoint reloads (resume, best model) are strict and go through `from_pretrained` (a transformers 5 fix:
       its raw `load_state_dict(strict=False)` skips every ViT tensor stored under its legacy name).
+    - Checkpoints keep SMAT's expert banks dense, for an exact resume; `save_model` stores them compactly, as
+      `save_pretrained` does (docs/smat.md, "Checkpoints").
     - `max_grad_norm` not given to `FewShotTrainingArguments` means the method's default: no whole-model clip for a
       method whose optimiser clips its own groups (SMAT), the Trainer's 1.0 otherwise.
     """
@@ -100,6 +102,18 @@ class ReliableTrainer(Trainer):
     def _save(self, output_dir: str | None = None, state_dict=None) -> None:
         check_finite_weights(self.model, f"Not saving a checkpoint at step {self.state.global_step}")
         super()._save(output_dir, state_dict)
+
+    def _save_checkpoint(self, model: nn.Module, trial) -> None:
+        """A `checkpoint-N` folder keeps SMAT's expert banks dense: an exact resume needs log α as it is, where
+        `save_model` (the final model, `push_to_hub`) stores them compactly (docs/smat.md, "Checkpoints")."""
+        unwrapped = self.accelerator.unwrap_model(self.model)
+        if not isinstance(unwrapped, SmatModel):
+            return super()._save_checkpoint(model, trial)
+        compact, unwrapped.save_compact = unwrapped.save_compact, False
+        try:
+            return super()._save_checkpoint(model, trial)
+        finally:
+            unwrapped.save_compact = compact
 
     def _load_from_checkpoint(self, resume_from_checkpoint: str, model: nn.Module | None = None) -> None:
         if not self._load_weights_like_from_pretrained(resume_from_checkpoint, model or self.model):
