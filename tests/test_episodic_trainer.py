@@ -484,11 +484,15 @@ def test_resuming_from_the_final_checkpoint_trains_nothing(tmp_path, glyphs):
         resume_from_checkpoint=True).global_step == 5, "a longer run goes on from the checkpoint"  # fmt: skip
 
 
-@pytest.mark.parametrize("method", ["smat", "protonet"])
+@pytest.mark.parametrize("method", ["smat", "smat, trained-like gates", "protonet"])
 def test_bf16_autocast_meta_training_keeps_fp32_weights(tmp_path, glyphs, method):
     # recipes/configs/smat_vits16_metadataset.yaml sets bf16: true; on CPU the Trainer autocasts to bf16 as on GPU.
     torch.manual_seed(0)
-    model = tiny_smat() if method == "smat" else ProtoNetModel.from_backbone(tiny_vit_config())
+    model = tiny_smat() if method.startswith("smat") else ProtoNetModel.from_backbone(tiny_vit_config())
+    if method == "smat, trained-like gates":  # saturated: the gates are read from their code, λ > 0
+        with torch.no_grad():
+            model.gate_logits.copy_(torch.where(torch.rand_like(model.gate_logits) < 0.9, -4.6, 4.6))
+            model.sparsity_multipliers.fill_(0.1)
     args = training_arguments(tmp_path, bf16=True, max_steps=2)
     trainer = EpisodicTrainer(model, args, train_dataset=glyphs["train"])
     seen = []

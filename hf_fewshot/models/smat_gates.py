@@ -212,6 +212,8 @@ class MixedExpertGates(torch.autograd.Function):
     def backward(ctx, grad_mixed, grad_density, _):
         log_alpha, weights = ctx.saved_tensors
         settings, code = ctx.settings, ctx.code
+        if grad_mixed is not None:  # under autocast it can come back in bf16: the bank's arithmetic stays fp32
+            grad_mixed = grad_mixed.to(log_alpha.dtype)
         accumulate = accumulates_into_grad(log_alpha)
         if accumulate and log_alpha.grad is None:
             log_alpha.grad = torch.zeros_like(log_alpha)
