@@ -22,7 +22,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
-from transformers import PreTrainedModel
+from transformers import PreTrainedModel, ViTModel
+from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+from transformers.models.vit.modeling_vit import eager_attention_forward
 
 from hf_fewshot.data.transforms import IMAGENET_MEAN, IMAGENET_STD, jitter_colours
 from hf_fewshot.models.modeling_fewshot import (
@@ -70,6 +72,38 @@ class SupportAugmentation:
         return (unit - mean) / std
 
 
+def _support_features(backbone: nn.Module, pixel_values: torch.Tensor) -> torch.Tensor:
+    """`backbone_features` as the fine-tuning steps need them: the same CLS features, with a ViT's last layer run for
+    the CLS token alone.
+
+    In the last layer the other tokens only serve as keys and values of the CLS token's attention; their queries,
+    attention outputs and MLP are computed and then dropped by `last_hidden_state[:, 0]`. Skipping them removes
+    ~5/6 of that layer from the forward and the backward pass (~13% of a step of the 6-layer tiny ViT, ~7% of
+    ViT-S/16 at 84 px). The arithmetic is the same; only fp32 rounding differs (~1e-7 relative in features and
+    gradients, tested), as much as between the SDPA and the eager attention kernels. Anything but a dropout-free
+    `ViTModel` (bare or inside a PEFT model) takes the full forward.
+    """
+    vit = backbone.get_base_model() if hasattr(backbone, "get_base_model") else backbone  # PEFT: its (LoRA'd) ViT
+    config = vit.config
+    if not isinstance(vit, ViTModel) or config.hidden_dropout_prob or config.attention_probs_dropout_prob:
+        return backbone_features(backbone, pixel_values)
+    dtype = vit.embeddings.patch_embeddings.projection.weight.dtype
+    hidden = vit.embeddings(pixel_values.to(dtype), interpolate_pos_encoding=True)
+    *layers, last = vit.layers
+    for layer in layers:
+        hidden = layer(hidden)
+    attention, normed = last.attention, last.layernorm_before(hidden)
+    n, length, _ = normed.shape
+    query = attention.q_proj(normed[:, :1]).view(n, 1, -1, attention.head_dim).transpose(1, 2)
+    key = attention.k_proj(normed).view(n, length, -1, attention.head_dim).transpose(1, 2)
+    value = attention.v_proj(normed).view(n, length, -1, attention.head_dim).transpose(1, 2)
+    attend = ALL_ATTENTION_FUNCTIONS.get_interface(config._attn_implementation, eager_attention_forward)
+    attended, _ = attend(attention, query, key, value, None, dropout=0.0, scaling=attention.scaling)
+    cls = attention.o_proj(attended.reshape(n, 1, -1)) + hidden[:, :1]
+    cls = last.mlp(last.layernorm_after(cls)) + cls
+    return vit.layernorm(cls)[:, 0]
+
+
 def _task_backbone_and_head(model: nn.Module, support_pixel_values, support_labels) -> tuple[nn.Module, float, float]:
     """A private copy of the backbone a task starts from, and the head's (scale, bias)."""
     if isinstance(model, FewShotTask):
@@ -110,8 +144,8 @@ def finetune_on_support(
     targets, no gradient) and the cross-entropy of an augmented copy; the head's scale and bias stay fixed.
     For LoRA the learning rate is 10× the given one (docs/pmf.md, "Fine-tuning on the support set").
     `learning_rate="auto"` picks one of `learning_rates` with `choose_learning_rate` on the support set alone.
-    `autocast=torch.bfloat16` runs the fine-tuning passes in mixed precision (weights and optimiser stay fp32; 1.9×
-    faster on our 2-core CPU).
+    `autocast=torch.bfloat16` runs the fine-tuning passes in mixed precision (weights and optimiser stay fp32; on
+    our CPU about 2.7× faster than fp32, for the tiny ViT and for ViT-S/16 at 84 px).
     """
     if mode not in ("full", "lora"):
         raise ValueError(f"mode must be 'full' or 'lora', got {mode!r}.")
@@ -142,17 +176,27 @@ def finetune_on_support(
         backbone.requires_grad_(True)
     parameters = [p for p in backbone.parameters() if p.requires_grad]
     if learning_rate > 0 and steps > 0:
-        optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0)
+        device = support_pixel_values.device.type
+        # Fused AdamW: one kernel per tensor instead of about six (CPU: 13 instead of 41 ms a step for ViT-S's 21.6 M
+        # weights); the same update up to fp32 rounding. Elsewhere PyTorch's default.
+        fused = True if device == "cpu" else None
+        optimizer = torch.optim.AdamW(parameters, lr=learning_rate, weight_decay=0.0, fused=fused)
         generator = torch.Generator().manual_seed(seed)
         augment = SupportAugmentation()
         backbone.train()
-        mixed_precision = torch.autocast(support_pixel_values.device.type, autocast, enabled=autocast is not None)
+        mixed_precision = torch.autocast(device, autocast, enabled=autocast is not None)
+        # PyTorch's CPU flash-attention kernel is slow in bf16 (forward + backward ~4× eager attention at the tiny and
+        # ViT-S shapes, a third of a bf16 step): under CPU autocast the steps attend eagerly (matmuls in bf16, softmax
+        # in fp32). fp32 keeps SDPA, as fast as eager there; the task gets the backbone's own implementation back.
+        implementation = backbone.config._attn_implementation
+        if autocast is not None and device == "cpu" and implementation == "sdpa":
+            backbone.config._attn_implementation = "eager"
         for _ in tqdm(range(steps), desc=f"fine-tuning ({mode}, lr {learning_rate:g})", disable=not progress):
             with torch.no_grad(), mixed_precision:  # targets, not a path for the gradient: one backward per step
-                clean = backbone_features(backbone, support_pixel_values).float()
+                clean = _support_features(backbone, support_pixel_values).float()
             prototypes = class_prototypes(clean, support_labels, n_way)
             with mixed_precision:
-                augmented = backbone_features(backbone, augment(support_pixel_values, generator)).float()
+                augmented = _support_features(backbone, augment(support_pixel_values, generator)).float()
             loss = F.cross_entropy(cosine_logits(augmented, prototypes, scale, bias), support_labels)
             if not torch.isfinite(loss):
                 raise FloatingPointError(
@@ -161,6 +205,7 @@ def finetune_on_support(
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+        backbone.config._attn_implementation = implementation
     backbone.requires_grad_(False)
     with torch.no_grad(), eval_mode(backbone):
         prototypes = class_prototypes(backbone_features(backbone, support_pixel_values), support_labels, n_way)

@@ -5,9 +5,10 @@ import math
 import pytest
 import torch
 from helpers import tiny_vit_config
-from peft import PeftModel
+from peft import LoraConfig, PeftModel, get_peft_model
+from transformers import Dinov2Config, Dinov2Model
 
-from hf_fewshot import EpisodeCollator, EpisodeSampler, ProtoNetModel, SmatModel, load_domain
+from hf_fewshot import EpisodeCollator, EpisodeSampler, ProtoNetModel, SmatModel, adaptation, load_domain
 from hf_fewshot.adaptation import (
     BackbonePool,
     choose_learning_rate,
@@ -17,6 +18,7 @@ from hf_fewshot.adaptation import (
     select_backbone,
 )
 from hf_fewshot.data import EvalTransform
+from hf_fewshot.models.modeling_fewshot import backbone_features
 
 
 def tiny(model_class=ProtoNetModel, **kwargs):
@@ -99,6 +101,62 @@ def test_lora_trains_only_the_adapter_and_reloads_to_identical_logits(episode, t
     assert torch.equal(first, expected) and not torch.equal(first, second)
 
 
+def features_and_gradients(features, backbone, pixels):
+    """The features and the gradients of a random projection of them (not |f|²: constant after the LayerNorm), but
+    for the key biases' (zero: softmax ignores a shift shared by every key), so rounding noise alone."""
+    values = features(backbone, pixels)
+    parameters = [p for n, p in backbone.named_parameters() if p.requires_grad and not n.endswith("k_proj.bias")]
+    direction = torch.randn(values.shape, generator=torch.Generator().manual_seed(0))
+    return values, torch.autograd.grad((values * direction).sum(), parameters)
+
+
+def assert_same_up_to_rounding(fast, full, rtol=1e-5):
+    errors = [((a - b).norm() / b.norm()).item() for a, b in zip(fast, full, strict=True)]
+    assert max(errors) <= rtol, errors
+
+
+@pytest.mark.filterwarnings("ignore:`is_gradient_checkpointing` is deprecated:FutureWarning")  # PEFT asks it
+def test_the_steps_run_the_last_vit_layer_for_the_cls_token_alone_with_the_same_results(episode):
+    support = episode["support_pixel_values"]
+    vit = tiny().backbone.train().requires_grad_(True)
+    lora = get_peft_model(tiny().backbone, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    with torch.no_grad():  # a trained adapter: B ≠ 0
+        for name, parameter in lora.named_parameters():
+            if "lora_B" in name:
+                parameter.normal_(std=0.1)
+    for backbone in (vit, lora.train()):
+        tokens = []  # what the last layer's MLP sees: the CLS token alone on the fast path
+        last_mlp = backbone.get_base_model().layers[-1].mlp if backbone is lora else backbone.layers[-1].mlp
+        last_mlp.register_forward_hook(lambda module, inputs, output, seen=tokens: seen.append(inputs[0].shape[1]))
+        for implementation in ("sdpa", "eager"):
+            backbone.config._attn_implementation = implementation
+            fast, fast_gradients = features_and_gradients(adaptation._support_features, backbone, support)
+            full, full_gradients = features_and_gradients(backbone_features, backbone, support)
+            assert_same_up_to_rounding([fast], [full])
+            assert_same_up_to_rounding(fast_gradients, full_gradients)
+        assert tokens == [1, 17, 1, 17]  # 16 patches + CLS on the full forward
+    # Anything else takes the full forward: a Dinov2, a ViT with dropout.
+    dinov2 = Dinov2Model(Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                                      image_size=16, patch_size=4)).eval()  # fmt: skip
+    dropout = tiny_vit_config(hidden_dropout_prob=0.1)
+    dropout_vit = ProtoNetModel.from_backbone(dropout).backbone.eval()
+    with torch.no_grad():
+        for backbone in (dinov2, dropout_vit):
+            assert torch.equal(adaptation._support_features(backbone, support), backbone_features(backbone, support))
+
+
+def test_finetuning_matches_the_full_forward_up_to_rounding(episode, monkeypatch):
+    """The CLS-only last layer changes only fp32 rounding: the same steps as with the plain full forward."""
+    model = tiny()
+    support, labels, query = episode["support_pixel_values"], episode["support_labels"], episode["query_pixel_values"]
+    tasks = {"fast": finetune_on_support(model, support, labels, "full", learning_rate=1e-3, steps=10)}
+    with monkeypatch.context() as patch:
+        patch.setattr(adaptation, "_support_features", backbone_features)
+        tasks["full"] = finetune_on_support(model, support, labels, "full", learning_rate=1e-3, steps=10)
+    assert_same_up_to_rounding([tasks["fast"].prototypes], [tasks["full"].prototypes], rtol=1e-4)
+    assert_same_up_to_rounding([tasks["fast"](query)], [tasks["full"](query)], rtol=1e-4)
+
+
 def test_smat_is_finetuned_after_routing_and_merging(episode):
     model = tiny(SmatModel, num_experts=2)
     with torch.no_grad():
@@ -162,6 +220,7 @@ def test_bf16_autocast_finetuning_keeps_fp32_weights(episode):
     support, labels = episode["support_pixel_values"], episode["support_labels"]
     task = finetune_on_support(tiny(), support, labels, "full", 1e-3, steps=2, autocast=torch.bfloat16)
     assert {p.dtype for p in task.backbone.parameters()} == {torch.float32}
+    assert task.backbone.config._attn_implementation == "sdpa", "eager attention only for the bf16 steps on CPU"
     assert task(support).dtype == torch.float32 and torch.isfinite(task(support)).all()
 
 
