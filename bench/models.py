@@ -1,18 +1,20 @@
-"""Benchmark the models: meta-training cost per task, task preparation, task-model inference, memory, checkpoint.
+"""Benchmark the models: meta-training cost per task, evaluation, task preparation, inference, memory, checkpoints.
 
     python bench/models.py [--backbones tiny vits] [--repeats 5] [--threads 2]
 
 Backbones have random weights: `vits` = ViT-S/16 at 84 px, `tiny` = 192 wide, 6 layers, patch 4, 32 px. SMAT's
-gates are set as after training (saturated, 90% closed) and its delta is non-zero. Tasks are 5-way 5-shot
-10-query; meta-training is timed per update of 4 tasks (SGD step included) and reported per task. Every case
-runs in its own process, so peak memory (max RSS) belongs to it alone; what is compared as a ratio (SMAT vs
-ProtoNet, task model vs plain ViT) alternates in one process. Prints a Markdown table of medians and min–max
-over `--repeats` after a warm-up.
+gates are measured in both states a run goes through: fresh (log α ~ N(0, 0.5²), as at the start of training: every
+gate fractional) and trained-like (saturated, 90% closed, a non-zero delta). Tasks are 5-way 5-shot 10-query;
+meta-training is timed per update of 4 tasks (SGD step included, λ > 0 so the density term is on) and reported per
+task, in fp32 and under bf16 autocast (fp32 master weights). Evaluation = `prepare_task` + predicting the 50 queries.
+Every case runs in its own process, so peak memory (max RSS) belongs to it alone; what is compared as a ratio (SMAT
+vs ProtoNet, task model vs plain ViT) alternates in one process. Prints a Markdown table of medians and min–max over
+`--repeats` after a warm-up.
 """
 
 import argparse
+import contextlib
 import copy
-import math
 import multiprocessing
 import resource
 import statistics
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 import torch
-from shapes import TINY_VIT_32PX, VIT_S_16_84PX
+from shapes import TINY_VIT_32PX, VIT_S_16_84PX, saturate_gates
 from tqdm.auto import tqdm
 
 BACKBONES = {"vits": VIT_S_16_84PX, "tiny": TINY_VIT_32PX}
@@ -36,7 +38,8 @@ def make_episode(image_size: int):
     return support, torch.arange(WAYS).repeat(SHOTS), query, torch.arange(WAYS).repeat(QUERIES)
 
 
-def build(kind: str, backbone: str):
+def build(kind: str, backbone: str, gates: str = "trained"):
+    """A random model of `kind` ("smat", "protonet", "plain" ViTModel); SMAT with `gates` "fresh" or "trained"."""
     from transformers import ViTConfig
 
     from hf_fewshot import ProtoNetModel, SmatModel
@@ -45,10 +48,10 @@ def build(kind: str, backbone: str):
     torch.manual_seed(0)
     if kind == "smat":
         model = SmatModel.from_backbone(config)
-        with torch.no_grad():  # as after training: a non-zero delta, gates saturated, 90% closed (τ = 0.9)
-            model.delta.normal_(0, 1e-3)
-            closed = torch.rand(model.gate_logits.shape) < model.config.sparsity_target
-            model.gate_logits.copy_(torch.where(closed, math.log(0.01), math.log(100.0)))
+        if gates == "trained":
+            saturate_gates(model)
+        with torch.no_grad():  # multipliers switched on, as soon after the start of training: the density term runs
+            model.sparsity_multipliers.fill_(0.01)
         return model
     if kind == "protonet":
         return ProtoNetModel.from_backbone(config)
@@ -57,18 +60,32 @@ def build(kind: str, backbone: str):
     return ViTModel(config, add_pooling_layer=False)
 
 
-def training_update(kind: str, backbone: str, episode):
+def training_update(kind: str, backbone: str, episode, gates: str = "trained", autocast: torch.dtype | None = None):
     """One meta-training update of `kind`: TASKS_PER_UPDATE tasks (gradient accumulation) and an SGD step."""
-    model = build(kind, backbone).train()
+    model = build(kind, backbone, gates).train()
     optimizer = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=1e-9)
+    mixed_precision = torch.autocast("cpu", autocast) if autocast is not None else contextlib.nullcontext()
 
     def update():
         for _ in range(TASKS_PER_UPDATE):
-            model(*episode).loss.backward()
+            with mixed_precision:
+                loss = model(*episode).loss
+            loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
     return update
+
+
+def evaluation(kind: str, backbone: str, episode):
+    """One evaluation task of `kind`: `prepare_task` on the support set, then the logits of the 50 queries."""
+    model = build(kind, backbone).eval()
+    support, support_labels, query, _ = episode
+
+    def evaluate():
+        model.prepare_task(support, support_labels)(query)
+
+    return evaluate
 
 
 def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None:
@@ -81,8 +98,11 @@ def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None
     episode = make_episode(BACKBONES[backbone]["image_size"])
     support, support_labels, query, _ = episode
     extra, compared = None, None
-    if case == "train":
-        compared = [training_update("protonet", backbone, episode), training_update("smat", backbone, episode)]
+    if case in TRAINING_CASES:
+        gates, autocast = TRAINING_CASES[case]
+        compared = [training_update(kind, backbone, episode, gates, autocast) for kind in ("protonet", "smat")]
+    elif case == "eval":
+        compared = [evaluation("protonet", backbone, episode), evaluation("smat", backbone, episode)]
     elif case in ("protonet_memory", "smat_memory"):  # alone in its process, so max RSS is its own
         work = training_update(case.split("_")[0], backbone, episode)
     elif case == "smat_prepare":
@@ -112,11 +132,14 @@ def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None
             return run
 
         compared = [forward(network) for network in networks]
-    elif case == "checkpoint":
+    elif case == "checkpoint":  # safetensors bytes: dense banks, compact experts, compact + backbone referenced
         model = build("smat", backbone)
-        with tempfile.TemporaryDirectory() as folder:
-            model.save_pretrained(folder)
-            extra = sum(f.stat().st_size for f in Path(folder).glob("*.safetensors"))
+        model.config.backbone_name_or_path = "facebook/dino-vits16"  # only named: include_backbone=False needs one
+        extra = []
+        for options in ({"compact": False}, {}, {"include_backbone": False}):
+            with tempfile.TemporaryDirectory() as folder:
+                model.save_pretrained(folder, **options)
+                extra.append(sum(f.stat().st_size for f in Path(folder).glob("*.safetensors")))
 
         def work():
             pass
@@ -144,6 +167,13 @@ def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None
     queue.put((seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, extra))
 
 
+TRAINING_CASES = {  # case: (SMAT's gates, autocast)
+    "train": ("trained", None),
+    "train_fresh": ("fresh", None),
+    "train_bf16": ("trained", torch.bfloat16),
+}
+
+
 def run_case(case: str, backbone: str, repeats: int, threads: int):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
@@ -160,7 +190,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    cases = ["train", "protonet_memory", "smat_memory", "smat_route_merge", "smat_prepare", "inference", "checkpoint"]
+    cases = [*TRAINING_CASES, "protonet_memory", "smat_memory", "eval", "smat_route_merge", "smat_prepare"]
+    cases += ["inference", "checkpoint"]
     results = {}
     with tqdm(total=len(cases) * len(args.backbones), desc="bench/models", unit="case") as progress:
         for backbone in args.backbones:
@@ -181,12 +212,29 @@ def main() -> None:
     def rss(backbone, case):
         return f"{results[backbone, case][1] / 2**30:.2f}"
 
+    def per_task(case, side):
+        return lambda b: spread(results[b, case][2][side], 1 / TASKS_PER_UPDATE)
+
+    def milliseconds(case, side):
+        return lambda b: spread(results[b, case][2][side], 1e3, 1)
+
+    def megabytes(index):
+        return lambda b: f"{results[b, 'checkpoint'][2][index] / 1e6:.1f}"
+
     rows = [
-        ("ProtoNet meta-training, s / task", lambda b: spread(results[b, "train"][2][0], 1 / TASKS_PER_UPDATE), ""),
-        ("SMAT meta-training, s / task", lambda b: spread(results[b, "train"][2][1], 1 / TASKS_PER_UPDATE), ""),
-        ("SMAT / ProtoNet per task (same process)", lambda b: ratio(b, "train", 1, 0), "≤ 2.4×"),
+        ("ProtoNet meta-training, s / task", per_task("train", 0), ""),
+        ("SMAT meta-training, trained-like gates, s / task", per_task("train", 1), ""),
+        ("SMAT / ProtoNet, trained-like gates (same process)", lambda b: ratio(b, "train", 1, 0), "≤ 2.4×"),
+        ("SMAT meta-training, fresh gates, s / task", per_task("train_fresh", 1), ""),
+        ("SMAT / ProtoNet, fresh gates (same process)", lambda b: ratio(b, "train_fresh", 1, 0), "≤ 2.5×"),
+        ("ProtoNet meta-training, bf16 autocast, s / task", per_task("train_bf16", 0), "report"),
+        ("SMAT meta-training, trained-like, bf16 autocast, s / task", per_task("train_bf16", 1), "report"),
+        ("SMAT / ProtoNet, bf16 autocast (same process)", lambda b: ratio(b, "train_bf16", 1, 0), ""),
         ("SMAT training peak RSS, GiB", lambda b: rss(b, "smat_memory"), "≤ 3 GiB (vits)"),
         ("ProtoNet training peak RSS, GiB", lambda b: rss(b, "protonet_memory"), ""),
+        ("ProtoNet evaluation task (prepare_task + 50 queries), ms", milliseconds("eval", 0), ""),
+        ("SMAT evaluation task, ms", milliseconds("eval", 1), ""),
+        ("SMAT / ProtoNet evaluation (same process)", lambda b: ratio(b, "eval", 1, 0), "≤ 1.4×"),
         (
             "SMAT route + merge into a backbone copy, ms",
             lambda b: spread(results[b, "smat_route_merge"][0], 1e3, 1),
@@ -203,11 +251,13 @@ def main() -> None:
             "",
         ),
         ("task model / plain ViTModel speed (same process)", lambda b: ratio(b, "inference", 0, 1), "≥ 0.98×"),
-        ("SMAT checkpoint (8 experts), MB", lambda b: f"{results[b, 'checkpoint'][2] / 1e6:.1f}", "report"),
+        ("SMAT checkpoint, dense banks (8 experts), MB", megabytes(0), "report"),
+        ("SMAT checkpoint, compact experts, MB", megabytes(1), "≤ 210 MB (vits)"),
+        ("SMAT checkpoint, compact, backbone referenced, MB", megabytes(2), "≤ 110 MB (vits)"),
     ]
     print(
         f"\nModels benchmark ({args.threads} threads, {WAYS}-way {SHOTS}-shot {QUERIES}-query, random weights, "
-        f"trained-like gates, median (min–max) of {args.repeats})\n"
+        f"median (min–max) of {args.repeats})\n"
     )
     print("| measure | " + " | ".join(args.backbones) + " | target |")
     print("|---|" + "---:|" * len(args.backbones) + "---|")

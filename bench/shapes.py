@@ -9,3 +9,15 @@ TINY_VIT_32PX = dict(
     hidden_size=192, num_hidden_layers=6, num_attention_heads=3, intermediate_size=768, patch_size=4, image_size=32
 )
 """The tiny backbone of the demos and tests on MiniMeta (32 px images)."""
+
+
+def saturate_gates(model) -> None:
+    """Set a SmatModel's experts as after training: a non-zero delta, every gate saturated, 90% closed (τ = 0.9)."""
+    import math
+
+    import torch
+
+    with torch.no_grad():
+        model.delta.normal_(0, 1e-3)
+        closed = torch.rand(model.gate_logits.shape) < model.config.sparsity_target
+        model.gate_logits.copy_(torch.where(closed, math.log(0.01), math.log(100.0)))
