@@ -186,19 +186,17 @@ class MixedExpertGates(torch.autograd.Function):
         """`summary`: the `BankSummary` of this log α (deterministic gates), or None (noisy gates: computed here)."""
         num_experts, num_elements = log_alpha.shape
         code = summary.code if summary is not None else None
+        closed = log_alpha.new_zeros(num_experts)
         if code is not None:
             mixed = code.mix(weights)
         else:
-            mixed, closed = log_alpha.new_empty(num_elements), log_alpha.new_zeros(num_experts)
+            mixed = log_alpha.new_empty(num_elements)
             for columns, noisy in settings.noisy_chunks(log_alpha):
                 _, gates = settings.gates(noisy)
                 mixed[columns] = weights @ gates
-                if summary is None:
+                if summary is None:  # noisy gates: counted on the way
                     closed += torch.count_nonzero(gates == 0, dim=1)
-        if summary is not None:
-            closed = summary.closed_fraction.clone()
-        else:
-            closed /= num_elements
+        closed = summary.closed_fraction.clone() if summary is not None else closed / num_elements
         if not with_density:
             density = log_alpha.new_zeros(num_experts)
         else:
