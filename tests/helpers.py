@@ -1,9 +1,11 @@
 """Builders the tests share: small PNGs that encode a value, schema-conforming splits, a tiny ViT configuration."""
 
 import io
+import math
 
 import datasets
 import numpy as np
+import torch
 from PIL import Image
 from transformers import ViTConfig
 
@@ -55,3 +57,14 @@ def tiny_vit_config(**changes) -> ViTConfig:
         initializer_range=0.2,
     )
     return ViTConfig(**{**defaults, **changes})
+
+
+def saturate_gates(smat, fractional: int = 0, fractional_std: float = 0.5, delta_std: float = 0.0) -> None:
+    """A SmatModel's gates as after training (bench/models.py): log α at ln 0.01 / ln 100, 90% closed; the first
+    `fractional` elements still fractional (log α ~ N(0, `fractional_std`²)); with `delta_std`, a non-zero delta."""
+    with torch.no_grad():
+        if delta_std:
+            smat.delta.normal_(0, delta_std)
+        closed = torch.rand(smat.gate_logits.shape) < 0.9
+        smat.gate_logits.copy_(torch.where(closed, math.log(0.01), math.log(100.0)))
+        smat.gate_logits[:, :fractional] = torch.randn(smat.gate_logits.shape[0], fractional) * fractional_std

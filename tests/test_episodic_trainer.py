@@ -10,7 +10,7 @@ import datasets
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_vit_config
+from helpers import saturate_gates, tiny_vit_config
 
 from hf_fewshot import EpisodicTrainer, FewShotTrainingArguments, ProtoNetModel, SmatModel, load_domain
 from hf_fewshot.data.domains import column_as_numpy
@@ -289,9 +289,7 @@ def test_kill_and_resume_reproduces_the_uninterrupted_run(tmp_path, glyphs):
 
 def test_checkpoints_keep_smats_dense_banks_and_the_final_save_is_compact(tmp_path, glyphs):
     model = tiny_smat()
-    with torch.no_grad():  # as after training: saturated gates (90% closed)
-        closed = torch.rand(model.gate_logits.shape) < 0.9
-        model.gate_logits.copy_(torch.where(closed, math.log(0.01), math.log(100.0)))
+    saturate_gates(model)  # as after training: saturated gates (90% closed)
     args = training_arguments(tmp_path, max_steps=1, save_strategy="steps", save_steps=1)
     trainer = EpisodicTrainer(model, args, train_dataset={"glyphs": glyphs["train"]})
     trainer.train()
@@ -490,8 +488,8 @@ def test_bf16_autocast_meta_training_keeps_fp32_weights(tmp_path, glyphs, method
     torch.manual_seed(0)
     model = tiny_smat() if method.startswith("smat") else ProtoNetModel.from_backbone(tiny_vit_config())
     if method == "smat, trained-like gates":  # saturated: the gates are read from their code, λ > 0
+        saturate_gates(model)
         with torch.no_grad():
-            model.gate_logits.copy_(torch.where(torch.rand_like(model.gate_logits) < 0.9, -4.6, 4.6))
             model.sparsity_multipliers.fill_(0.1)
     args = training_arguments(tmp_path, bf16=True, max_steps=2)
     trainer = EpisodicTrainer(model, args, train_dataset=glyphs["train"])

@@ -182,12 +182,9 @@ def test_backward_accumulates_the_bank_gradient_in_place(smat, saturated):
     assert buffer.layout == torch.strided
 
 
-def saturate(smat: SmatModel, fractional: int = 50) -> None:
-    """Gates as after training: log α at its bounds (90% closed), a few still fractional."""
-    with torch.no_grad():
-        closed = torch.rand_like(smat.gate_logits) < 0.9
-        smat.gate_logits.copy_(torch.where(closed, math.log(0.01), math.log(100)))
-        smat.gate_logits[:, :fractional] = torch.randn(smat.gate_logits.shape[0], fractional) * 0.3
+def saturate(smat: SmatModel) -> None:
+    """Gates as after training: log α at its bounds (90% closed), 50 still fractional."""
+    helpers.saturate_gates(smat, fractional=50, fractional_std=0.3)
 
 
 def test_merging_a_saturated_bank_uses_the_gate_code_and_stays_exact(smat):

@@ -1,12 +1,10 @@
 """SMAT's saved folders: the experts stored compactly once trained, the backbone referenced by its source, dense
 folders where the compact form does not pay (docs/smat.md, "Checkpoints")."""
 
-import math
-
 import hub_server
 import pytest
 import torch
-from helpers import tiny_vit_config
+from helpers import saturate_gates, tiny_vit_config
 from safetensors import safe_open
 from transformers import AutoModel, ViTModel
 
@@ -25,11 +23,7 @@ def episode(seed: int = 0, n_way: int = 5, shots: int = 2, queries: int = 3, siz
 def trained_like(model: SmatModel, fractional: int = 40) -> SmatModel:
     """Gates as after training (bench/models.py): log α at ln 0.01 / ln 100, 90% closed, a few still fractional; a
     non-zero delta."""
-    with torch.no_grad():
-        model.delta.normal_(0, 1e-2)
-        closed = torch.rand(model.gate_logits.shape) < 0.9
-        model.gate_logits.copy_(torch.where(closed, math.log(0.01), math.log(100.0)))
-        model.gate_logits[:, :fractional] = torch.randn(model.config.num_experts, fractional) * 0.5
+    saturate_gates(model, fractional, delta_std=1e-2)
     return model
 
 
