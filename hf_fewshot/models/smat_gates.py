@@ -8,6 +8,7 @@ merging a task becomes a gather; `BankSummary` holds what stays fixed between op
 module of modeling_smat.py: remote code copies it beside the model.
 """
 
+import functools
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -124,12 +125,13 @@ class GateCode:
 @dataclass
 class BankSummary:
     """What deterministic gates are while log α stays put (between optimizer steps): the gate code where the bank is
-    saturated, each expert's closed fraction and expected density. Built in a few passes over the bank once per change
-    of log α and shared by the tasks of an update, which then only mix (per task: the weights differ)."""
+    saturated, each expert's closed fraction and (on first use: eval never asks) expected density. Built once per
+    change of log α and shared by the tasks of an update, which then only mix (per task: the weights differ)."""
 
     code: GateCode | None
     closed_fraction: torch.Tensor
-    density: torch.Tensor
+    log_alpha: torch.Tensor
+    settings: GateSettings
 
     @classmethod
     @torch.no_grad()
@@ -139,7 +141,11 @@ class BankSummary:
             return None
         code = GateCode.build(log_alpha, settings)
         closed = code.closed_fraction if code is not None else closed_fraction(log_alpha, settings)
-        return cls(code, closed, expected_density(log_alpha, settings))
+        return cls(code, closed, log_alpha, settings)
+
+    @functools.cached_property
+    def density(self) -> torch.Tensor:
+        return expected_density(self.log_alpha, self.settings)
 
 
 @torch.no_grad()
