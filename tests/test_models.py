@@ -235,6 +235,38 @@ def test_coded_training_gradients_equal_the_chunked_ones(smat):
         torch.testing.assert_close(coded, chunked)
 
 
+@pytest.mark.parametrize("training", [True, False])
+def test_the_gate_code_reads_every_gate_exactly_even_at_the_saturation_bounds(smat, training):
+    """The code is built by float arithmetic against the bounds where a gate saturates; log α on a fine grid around
+    both bounds must still be coded as the gate formula says: exactly 0, exactly 1, or kept as a fraction."""
+    from hf_fewshot.models.smat_gates import GateCode
+
+    settings = smat._gate_settings(training=training)
+    low, high = settings.saturation_bounds()
+    grid = torch.cat([torch.linspace(low - 0.01, low + 0.01, 20001), torch.linspace(high - 0.01, high + 0.01, 20001)])
+    log_alpha = torch.where(torch.rand(3, 3 * len(grid)) < 0.5, -6.0, 6.0)  # saturated: a trained bank
+    log_alpha[0, : len(grid)] = grid  # the other experts saturated: an element's code depends on expert 0 alone
+    gates = settings.gates(log_alpha)
+    code = GateCode.build(log_alpha, settings)
+    coded = code.codes != 2**3
+    assert 0.4 < coded[: len(grid)].float().mean() < 0.6, "about half the grid lies outside the bounds' margins"
+    assert torch.equal(code.membership[code.codes[coded].long()].T, gates[:, coded])
+    assert torch.equal(code.fractional_gates, gates[:, code.fractional_index])
+    torch.testing.assert_close(code.closed_fraction, (gates == 0).float().mean(1), rtol=0, atol=0)
+
+
+def test_under_bf16_autocast_the_gate_mixture_stays_fp32(smat):
+    weights = torch.tensor([0.5, 0.3, 0.2])
+    for saturated in (False, True):
+        if saturated:
+            saturate(smat)
+        expected = smat.mix_expert_gates(weights, training=True)[0]
+        with torch.autocast("cpu", torch.bfloat16):
+            mixed = smat.mix_expert_gates(weights, training=True)[0]
+        assert mixed.dtype == torch.float32
+        torch.testing.assert_close(mixed, expected, rtol=0, atol=0)
+
+
 def test_lagrange_multipliers_reset_when_sparse_enough_and_grow_while_dense(smat):
     smat.train()
     optimizer = torch.optim.SGD([smat.sparsity_multipliers], lr=0.1)

@@ -276,10 +276,14 @@ class SmatModel(FewShotPreTrainedModel):
         materialise this `[M, N]` tensor: they go through `mix_expert_gates`.
         """
         settings = self._gate_settings(self.training if training is None else training)
-        return torch.cat([settings.gates(chunk)[1] for _, chunk in settings.noisy_chunks(self.gate_logits)], dim=1)
+        return torch.cat([settings.gates(chunk) for _, chunk in settings.noisy_chunks(self.gate_logits)], dim=1)
 
     def mix_expert_gates(
-        self, expert_weights: torch.Tensor, training: bool | None = None, with_density: bool = True
+        self,
+        expert_weights: torch.Tensor,
+        training: bool | None = None,
+        with_density: bool = True,
+        logits_key: tuple | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """`(Σ_m a_m z_m [N], expected density d [M], measured sparsity [M])` without materialising `[M, N]`.
 
@@ -287,11 +291,12 @@ class SmatModel(FewShotPreTrainedModel):
         (zeros unless `with_density`); the measured sparsity (no gradient) is the fraction of gates exactly 0.
         Gradients reach log α and a. For deterministic gates the closed fractions, the densities and (once the bank
         is saturated enough for it to pay) a compact code of the gates are a `BankSummary`, rebuilt only when log α
-        changes (once per optimizer step): a task then pays for its mixture alone.
+        changes (once per optimizer step): a task then pays for its mixture alone. `logits_key`: the current
+        `_gate_logits_key()` where the caller has it (from `clamp_gate_logits`), which spares a read of the bank.
         """
         settings = self._gate_settings(self.training if training is None else training)
         weights = expert_weights.to(self.gate_logits.dtype)
-        summary = self._bank_summary(settings)
+        summary = self._bank_summary(settings, logits_key)
         return MixedExpertGates.apply(self.gate_logits, weights, settings, summary, with_density)
 
     @torch.no_grad()
@@ -300,16 +305,17 @@ class SmatModel(FewShotPreTrainedModel):
 
         Storage and version counter catch optimizer steps, loading and in-place updates. Writes through
         `gate_logits.data` bypass the version counter, so each expert's sum of logits is part of the key too
-        (one read of the bank: 25 ms for ViT-S's 174 M logits on 2 CPU cores, against seconds for a task). Only a
+        (one read of the bank: 25–50 ms for ViT-S's 174 M logits on 2 CPU cores, against seconds for a task). Only a
         `.data` write that keeps every expert's float32 sum bit for bit (a permutation) would go unseen."""
         logits = self.gate_logits
         return logits.data_ptr(), logits._version, tuple(torch.sum(logits, dim=1).tolist())
 
-    def _bank_summary(self, settings: GateSettings) -> BankSummary | None:
-        """The `BankSummary` of the current log α for deterministic `settings` (cached until log α changes)."""
+    def _bank_summary(self, settings: GateSettings, key: tuple | None = None) -> BankSummary | None:
+        """The `BankSummary` of the current log α for deterministic `settings` (cached until log α changes); `key`:
+        `_gate_logits_key()` if the caller has it."""
         if settings.noise > 0:
             return None
-        key = self._gate_logits_key()
+        key = key if key is not None else self._gate_logits_key()
         cached = self._bank_summaries.get(settings)
         if cached is None or cached[0] != key:
             cached = self._bank_summaries[settings] = (key, BankSummary.build(self.gate_logits.detach(), settings))
@@ -334,21 +340,24 @@ class SmatModel(FewShotPreTrainedModel):
         closed = self.gate_logits.new_zeros(self.config.num_experts, dtype=torch.float64)
         opened = torch.zeros_like(closed)
         for _, noisy in settings.noisy_chunks(self.gate_logits):
-            gates = settings.gates(noisy)[1]
+            gates = settings.gates(noisy)
             closed += (gates == 0).sum(dim=1)
             opened += (gates == 1).sum(dim=1)
         return closed / self.gate_logits.shape[1], opened / self.gate_logits.shape[1]
 
     @torch.no_grad()
-    def clamp_gate_logits(self) -> None:
+    def clamp_gate_logits(self) -> tuple:
         """Clamp log α to [gate_logit_min, gate_logit_max] in place before a training forward (docs/smat.md,
         "Parameters and the merge").
 
         Only after log α changed (an optimizer step): unchanged logits are not touched, so cached gate codes
-        stay valid across the tasks of one update."""
-        if self._clamped_key != self._gate_logits_key():
+        stay valid across the tasks of one update. Returns `_gate_logits_key()` of the clamped logits, for the
+        caller to hand to `mix_expert_gates` (each key is a read of the bank: 25–50 ms for ViT-S's)."""
+        key = self._gate_logits_key()
+        if self._clamped_key != key:
             self.gate_logits.clamp_(self.config.gate_logit_min, self.config.gate_logit_max)
-            self._clamped_key = self._gate_logits_key()
+            key = self._clamped_key = self._gate_logits_key()
+        return key
 
     # ------------------------------------------------------------------------------------------ router
     @torch.no_grad()
@@ -445,13 +454,13 @@ class SmatModel(FewShotPreTrainedModel):
         if not config.support_query_split and query_labels is not None:  # the "Meta ×" ablation: no held-out query
             support_pixel_values = query_pixel_values = torch.cat([support_pixel_values, query_pixel_values])
             support_labels = query_labels = torch.cat([support_labels, query_labels])
-        self.clamp_gate_logits()
+        logits_key = self.clamp_gate_logits()
         n_support = len(support_labels)
         with torch.no_grad():  # θ_pre features serve the router and the pre-trained teacher
             pre_features = backbone_features(self.backbone, torch.cat([support_pixel_values, query_pixel_values]))
         pre_prototypes, router_logits, weights = self._route(pre_features[:n_support], support_labels, n_way)
         with_density = bool((self.sparsity_multipliers > 0).any())  # else L_sp = 0 whatever the densities
-        mixed_gates, expected_density, sparsity = self.mix_expert_gates(weights, True, with_density)
+        mixed_gates, expected_density, sparsity = self.mix_expert_gates(weights, True, with_density, logits_key)
         task_weights = self.merge_task_weights(weights, mixed_gates)
         adapted, adapted_head = self._inner_step(task_weights, support_pixel_values, support_labels, n_way)
         query_features = backbone_features(self.backbone, query_pixel_values, adapted)

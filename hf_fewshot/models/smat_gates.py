@@ -9,6 +9,7 @@ module of modeling_smat.py: remote code copies it beside the model.
 """
 
 import functools
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -32,6 +33,12 @@ class GateSettings:
         for start in range(0, num_elements, self.chunk_size):
             yield slice(start, start + self.chunk_size)
 
+    def scratch(self, log_alpha: torch.Tensor, count: int) -> list[torch.Tensor]:
+        """`count` flat buffers of one chunk of the bank, reused chunk after chunk through `in_scratch`: a fresh
+        2 MB block per kernel costs more in allocation and page faults than the kernel's arithmetic."""
+        size = log_alpha.shape[0] * min(self.chunk_size, log_alpha.shape[1])
+        return list(log_alpha.new_empty(count, size))
+
     def noisy_chunks(self, log_alpha: torch.Tensor):
         """Yield `(column slice, log α + logit(u))` chunk by chunk; the same noise every time (seeded per call)."""
         generator = None
@@ -45,22 +52,54 @@ class GateSettings:
                 chunk = chunk + torch.logit(u)
             yield columns, chunk
 
-    def gates(self, noisy_log_alpha: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """`(s, z)`: s = sigmoid(x / β) and the gate z = clamp(s·(ζ − γ) + γ, 0, 1)."""
-        s = torch.div(noisy_log_alpha, self.beta).sigmoid_()
-        return s, s.mul(self.zeta - self.gamma).add_(self.gamma).clamp_(0.0, 1.0)
+    def sigmoid(self, noisy_log_alpha: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """s = sigmoid(x / β), into `out` if given."""
+        return torch.div(noisy_log_alpha, self.beta, out=out).sigmoid_()
 
-    def backprop(self, grad_gates: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+    def stretch_(self, s: torch.Tensor) -> torch.Tensor:
+        """The gate z = clamp(s·(ζ − γ) + γ, 0, 1), in place over s."""
+        return s.mul_(self.zeta - self.gamma).add_(self.gamma).clamp_(0.0, 1.0)
+
+    def gates(self, noisy_log_alpha: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """The gates z = clamp(sigmoid(x / β)·(ζ − γ) + γ, 0, 1), into `out` if given."""
+        return self.stretch_(self.sigmoid(noisy_log_alpha, out))
+
+    def backprop_(self, grad_gates: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
         """∂L/∂x from ∂L/∂z: `(ζ − γ)/β · s(1 − s)` where the gate lies strictly inside (0, 1), 0 where the clamp
-        saturates it (there a gate gets no gradient). Two fused kernels; overwrites `s`."""
-        grad = torch.ops.aten.sigmoid_backward(grad_gates * ((self.zeta - self.gamma) / self.beta), s)
-        return torch.ops.aten.hardtanh_backward(grad, s.mul_(self.zeta - self.gamma).add_(self.gamma), 0.0, 1.0)
+        saturates it (there a gate gets no gradient). In place: the result replaces `grad_gates`, the gates z
+        replace `s`; four kernels, no allocation."""
+        grad_gates.mul_((self.zeta - self.gamma) / self.beta)
+        torch.ops.aten.sigmoid_backward.grad_input(grad_gates, s, grad_input=grad_gates)
+        return torch.ops.aten.hardtanh_backward.grad_input(
+            grad_gates, self.stretch_(s), 0.0, 1.0, grad_input=grad_gates
+        )
 
-    def add_density_grad(self, grad: torch.Tensor, log_alpha: torch.Tensor, scale: torch.Tensor) -> None:
-        """`grad += scale_m · ∂d/∂log α`, ∂d/∂log α = sigmoid'(log α − shift), in place on a chunk (`scale` `[M, 1]`
-        holds ∂L/∂d_m / N): three passes over the chunk, no temporary beyond one chunk."""
-        y = torch.sub(log_alpha, self.density_shift).sigmoid_()
-        grad.addcmul_(y.sub_(y * y), scale)
+    def saturation_bounds(self) -> tuple[float, float] | None:
+        """`(low, high)`: a deterministic gate is exactly 0 where log α ≤ low and exactly 1 where log α ≥ high
+        (z = clamp(sigmoid(x / β)·(ζ − γ) + γ, 0, 1) reaches 0 at s = −γ/(ζ − γ), 1 at s = (1 − γ)/(ζ − γ));
+        None unless the stretch interval (γ, ζ) holds [0, 1] inside, as hard-concrete gates do."""
+        if not (self.gamma < 0 and self.zeta > 1):
+            return None
+        return self.beta * math.log(-self.gamma / self.zeta), self.beta * math.log((1 - self.gamma) / (self.zeta - 1))
+
+    def add_density_grad(
+        self, grad: torch.Tensor, log_alpha: torch.Tensor, scale: torch.Tensor, scratch: torch.Tensor
+    ) -> None:
+        """`grad += scale_m · ∂d/∂log α`, ∂d/∂log α = sigmoid'(log α − shift) = y − y², in place on a chunk (`scale`
+        `[M, 1]` holds ∂L/∂d_m / N; `scratch` one buffer of `scratch()`): four kernels, no allocation."""
+        y = torch.sub(log_alpha, self.density_shift, out=in_scratch(scratch, log_alpha)).sigmoid_()
+        grad.addcmul_(y.addcmul_(y, y, value=-1.0), scale)
+
+
+def full_precision(tensor: torch.Tensor):
+    """Autocast off on `tensor`'s device: the bank's arithmetic (gates, codes, mixtures) stays fp32 under bf16
+    autocast, where a bf16 matmul would round the mixture and the codes."""
+    return torch.autocast(tensor.device.type, enabled=False)
+
+
+def in_scratch(buffer: torch.Tensor, chunk: torch.Tensor) -> torch.Tensor:
+    """A view of a `GateSettings.scratch` buffer shaped like `chunk` (the last chunk of a bank can be narrower)."""
+    return buffer[: chunk.numel()].view(chunk.shape)
 
 
 class GateCode:
@@ -75,6 +114,7 @@ class GateCode:
 
     max_experts = 15
     max_fractional_share = 0.25  # beyond this the bank is not saturated yet and the code would not pay
+    margin = 1e-3  # log α this close to a saturation bound is read from the gate formula: its float rounding is ~1e-6
 
     def __init__(self, codes, fractional_index, fractional_gates, closed_fraction):
         self.codes, self.fractional_index, self.fractional_gates = codes, fractional_index, fractional_gates
@@ -88,27 +128,44 @@ class GateCode:
     @classmethod
     @torch.no_grad()
     def build(cls, log_alpha: torch.Tensor, settings: GateSettings) -> "GateCode | None":
+        """The code of deterministic gates, or None where it would not pay (noise, too many experts or fractions).
+
+        Float arithmetic only, because comparisons into bool tensors run 5–10× slower than float kernels on CPU
+        (docs/performance.md): per chunk, p = clamp((log α − low) / (high − low), 0, 1) with the saturation bounds
+        widened by `margin`, so p is exactly 0 for a surely closed gate and 1 for a surely open one; an element
+        is coded where every p(1 − p) is 0, and the few others (near a bound, or fractional) get their exact gate
+        values from the gate formula. Under autocast the sums stay fp32 (codes up to 2^15 must be exact).
+        """
         num_experts, num_elements = log_alpha.shape
-        if num_experts > cls.max_experts or settings.noise > 0:
+        bounds = settings.saturation_bounds()
+        if num_experts > cls.max_experts or settings.noise > 0 or bounds is None:
             return None
-        bits = (2 ** torch.arange(num_experts, device=log_alpha.device, dtype=torch.int32)).unsqueeze(1)
-        codes, fractional_index, fractional_gates = [], [], []
+        low, high = bounds[0] - cls.margin, bounds[1] + cls.margin
+        bits = 2.0 ** torch.arange(num_experts, device=log_alpha.device, dtype=log_alpha.dtype)
+        codes = torch.empty(num_elements, dtype=torch.int32, device=log_alpha.device)
+        fractional_index, fractional_gates = [], []
         closed, fractional_count = log_alpha.new_zeros(num_experts), 0
-        for columns, noisy in settings.noisy_chunks(log_alpha):
-            _, gates = settings.gates(noisy)
-            chunk_codes = ((gates == 1).int() * bits).sum(dim=0, dtype=torch.int32)
-            fractional = ((gates > 0) & (gates < 1)).any(dim=0).nonzero().squeeze(1)
-            fractional_count += len(fractional)
-            if fractional_count > cls.max_fractional_share * num_elements:
-                return None
-            chunk_codes[fractional] = 2**num_experts
-            codes.append(chunk_codes)
-            fractional_index.append(fractional + columns.start)
-            fractional_gates.append(gates[:, fractional])
-            closed += (gates == 0).sum(dim=1)
-        return cls(
-            torch.cat(codes), torch.cat(fractional_index), torch.cat(fractional_gates, dim=1), closed / num_elements
-        )
+        scratch = settings.scratch(log_alpha, 2)
+        with full_precision(log_alpha):
+            for columns in settings.column_chunks(num_elements):
+                chunk = log_alpha[:, columns]
+                position, spread = (in_scratch(buffer, chunk) for buffer in scratch)
+                torch.sub(chunk, low, out=position).mul_(1.0 / (high - low)).clamp_(0.0, 1.0)
+                torch.sub(position, torch.mul(position, position, out=spread), out=spread)  # p(1 - p)
+                fractional = spread.sum(dim=0).ne_(0).nonzero().squeeze(1)  # NaN is not 0: never coded
+                fractional_count += len(fractional)
+                if fractional_count > cls.max_fractional_share * num_elements:
+                    return None
+                gates = settings.gates(chunk[:, fractional])
+                position[:, fractional] = 0.0  # the coded elements' positions are their gates, exactly 0 or 1
+                chunk_codes = codes[columns]
+                chunk_codes.copy_(bits @ position)
+                chunk_codes[fractional] = 2**num_experts
+                fractional_index.append(fractional + columns.start)
+                fractional_gates.append(gates)
+                coded_closed = (chunk.shape[1] - len(fractional)) - position.sum(dim=1)
+                closed += coded_closed + (gates == 0).sum(dim=1)
+        return cls(codes, torch.cat(fractional_index), torch.cat(fractional_gates, dim=1), closed / num_elements)
 
     def mix(self, weights: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
         """`Σ_m a_m z_mn` for every element; `out` (a reused buffer) spares a large allocation."""
@@ -153,7 +210,7 @@ def closed_fraction(log_alpha: torch.Tensor, settings: GateSettings) -> torch.Te
     """The fraction of each expert's gates that are exactly 0 `[M]`."""
     closed = log_alpha.new_zeros(log_alpha.shape[0])
     for _, noisy in settings.noisy_chunks(log_alpha):
-        closed += torch.count_nonzero(settings.gates(noisy)[1] == 0, dim=1)
+        closed += torch.count_nonzero(settings.gates(noisy) == 0, dim=1)
     return closed / log_alpha.shape[1]
 
 
@@ -190,77 +247,84 @@ class MixedExpertGates(torch.autograd.Function):
         ctx, log_alpha: torch.Tensor, weights: torch.Tensor, settings: GateSettings, summary, with_density: bool
     ):
         """`summary`: the `BankSummary` of this log α (deterministic gates), or None (noisy gates: computed here)."""
-        num_experts, num_elements = log_alpha.shape
-        code = summary.code if summary is not None else None
-        closed = log_alpha.new_zeros(num_experts)
-        if code is not None:
-            mixed = code.mix(weights)
-        else:
-            mixed = log_alpha.new_empty(num_elements)
-            for columns, noisy in settings.noisy_chunks(log_alpha):
-                _, gates = settings.gates(noisy)
-                mixed[columns] = weights @ gates
-                if summary is None:  # noisy gates: counted on the way
-                    closed += torch.count_nonzero(gates == 0, dim=1)
-        closed = summary.closed_fraction.clone() if summary is not None else closed / num_elements
-        if not with_density:
-            density = log_alpha.new_zeros(num_experts)
-        else:
-            density = summary.density.clone() if summary is not None else expected_density(log_alpha, settings)
-        ctx.save_for_backward(log_alpha, weights)
-        ctx.settings, ctx.code = settings, code
-        ctx.mark_non_differentiable(closed)
-        return mixed, density, closed
+        with full_precision(log_alpha):
+            num_experts, num_elements = log_alpha.shape
+            code = summary.code if summary is not None else None
+            closed = log_alpha.new_zeros(num_experts)
+            if code is not None:
+                mixed = code.mix(weights)
+            else:
+                mixed = log_alpha.new_empty(num_elements)
+                (scratch,) = settings.scratch(log_alpha, 1)
+                for columns, noisy in settings.noisy_chunks(log_alpha):
+                    gates = settings.gates(noisy, out=in_scratch(scratch, noisy))
+                    torch.mv(gates.t(), weights, out=mixed[columns])
+                    if summary is None:  # noisy gates: counted on the way
+                        closed += torch.count_nonzero(gates == 0, dim=1)
+            closed = summary.closed_fraction.clone() if summary is not None else closed / num_elements
+            if not with_density:
+                density = log_alpha.new_zeros(num_experts)
+            else:
+                density = summary.density.clone() if summary is not None else expected_density(log_alpha, settings)
+            ctx.save_for_backward(log_alpha, weights)
+            ctx.settings, ctx.code = settings, code
+            ctx.mark_non_differentiable(closed)
+            return mixed, density, closed
 
     @staticmethod
     def backward(ctx, grad_mixed, grad_density, _):
-        log_alpha, weights = ctx.saved_tensors
-        settings, code = ctx.settings, ctx.code
-        if grad_mixed is not None:  # under autocast it can come back in bf16: the bank's arithmetic stays fp32
-            grad_mixed = grad_mixed.to(log_alpha.dtype)
-        accumulate = accumulates_into_grad(log_alpha)
-        if accumulate and log_alpha.grad is None:
-            log_alpha.grad = torch.zeros_like(log_alpha)
-        grad_log_alpha = log_alpha.grad if accumulate else torch.zeros_like(log_alpha)
-        grad_weights = torch.zeros_like(weights)
-        # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: no density pass then.
-        density_scale = None
-        if grad_density is not None and bool(grad_density.any()):
-            density_scale = (grad_density / log_alpha.shape[1]).unsqueeze(1)
-        if grad_mixed is not None and code is not None:
-            grad_weights = code.weights_grad(grad_mixed)
-            index = code.fractional_index
-            s = torch.sigmoid(log_alpha[:, index] / settings.beta)
-            grad_log_alpha[:, index] += settings.backprop(weights.unsqueeze(1) * grad_mixed[index], s)
-        chunked_mixture = grad_mixed is not None and code is None
-        if chunked_mixture or density_scale is not None:  # one pass over the bank for both terms
-            noisy_chunks = settings.noisy_chunks(log_alpha) if chunked_mixture else None
-            for columns in settings.column_chunks(log_alpha.shape[1]):
-                grad = grad_log_alpha[:, columns]
-                if chunked_mixture:
-                    _, noisy = next(noisy_chunks)
-                    s, gates = settings.gates(noisy)
-                    upstream = grad_mixed[columns]
-                    grad_weights += gates @ upstream
-                    grad += settings.backprop(torch.outer(weights, upstream), s)
-                if density_scale is not None:
-                    settings.add_density_grad(grad, log_alpha[:, columns], density_scale)
-        if accumulate:  # already in log_alpha.grad: hand autograd an empty gradient
-            grad_log_alpha = torch.sparse_coo_tensor(
-                torch.empty(2, 0, dtype=torch.long, device=log_alpha.device),
-                log_alpha.new_empty(0),
-                log_alpha.shape,
-                check_invariants=False,
-            )
-        return grad_log_alpha, grad_weights, None, None, None
+        with full_precision(ctx.saved_tensors[0]):
+            log_alpha, weights = ctx.saved_tensors
+            settings, code = ctx.settings, ctx.code
+            if grad_mixed is not None:  # under autocast it can come back in bf16: the bank's arithmetic stays fp32
+                grad_mixed = grad_mixed.to(log_alpha.dtype)
+            accumulate = accumulates_into_grad(log_alpha)
+            if accumulate and log_alpha.grad is None:
+                log_alpha.grad = torch.zeros_like(log_alpha)
+            grad_log_alpha = log_alpha.grad if accumulate else torch.zeros_like(log_alpha)
+            grad_weights = torch.zeros_like(weights)
+            # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: no density pass then.
+            density_scale = None
+            if grad_density is not None and bool(grad_density.any()):
+                density_scale = (grad_density / log_alpha.shape[1]).unsqueeze(1)
+            if grad_mixed is not None and code is not None:
+                grad_weights = code.weights_grad(grad_mixed)
+                index = code.fractional_index
+                s = settings.sigmoid(log_alpha[:, index])
+                grad_log_alpha[:, index] += settings.backprop_(weights.unsqueeze(1) * grad_mixed[index], s)
+            chunked_mixture = grad_mixed is not None and code is None
+            if chunked_mixture or density_scale is not None:  # one pass over the bank for both terms
+                gate_scratch, grad_scratch = settings.scratch(log_alpha, 2)
+                noisy_chunks = settings.noisy_chunks(log_alpha) if chunked_mixture else None
+                for columns in settings.column_chunks(log_alpha.shape[1]):
+                    grad = grad_log_alpha[:, columns]
+                    if chunked_mixture:
+                        _, noisy = next(noisy_chunks)
+                        s = settings.sigmoid(noisy, out=in_scratch(gate_scratch, noisy))
+                        upstream = grad_mixed[columns]
+                        chunk_grad = torch.mul(weights.unsqueeze(1), upstream, out=in_scratch(grad_scratch, noisy))
+                        grad += settings.backprop_(chunk_grad, s)
+                        grad_weights += s @ upstream  # s holds the gates now
+                    if density_scale is not None:
+                        settings.add_density_grad(grad, log_alpha[:, columns], density_scale, gate_scratch)
+            if accumulate:  # already in log_alpha.grad: hand autograd an empty gradient
+                grad_log_alpha = torch.sparse_coo_tensor(
+                    torch.empty(2, 0, dtype=torch.long, device=log_alpha.device),
+                    log_alpha.new_empty(0),
+                    log_alpha.shape,
+                    check_invariants=False,
+                )
+            return grad_log_alpha, grad_weights, None, None, None
 
 
 @torch.no_grad()
 def expected_density(log_alpha: torch.Tensor, settings: GateSettings) -> torch.Tensor:
     """`d_m = mean_n sigmoid(log α_mn − β·ln(−γ/ζ))` `[M]`: the probability that a training gate is non-zero."""
     density = log_alpha.new_zeros(log_alpha.shape[0])
+    (scratch,) = settings.scratch(log_alpha, 1)
     for columns in settings.column_chunks(log_alpha.shape[1]):
-        density += torch.sub(log_alpha[:, columns], settings.density_shift).sigmoid_().sum(dim=1)
+        chunk = log_alpha[:, columns]
+        density += torch.sub(chunk, settings.density_shift, out=in_scratch(scratch, chunk)).sigmoid_().sum(dim=1)
     return density / log_alpha.shape[1]
 
 

@@ -54,7 +54,7 @@ def _saturation(log_alpha: torch.Tensor, views) -> tuple[torch.Tensor, torch.Ten
     """`(open, closed)` masks of `log_alpha`'s shape: gates exactly 1, resp. exactly 0, in every view."""
     opened = closed = None
     for settings, shift in views:
-        _, gates = settings.gates(log_alpha + shift if shift else log_alpha)
+        gates = settings.gates(log_alpha + shift if shift else log_alpha)
         opened = gates == 1 if opened is None else opened & (gates == 1)
         closed = gates == 0 if closed is None else closed & (gates == 0)
     return opened, closed
