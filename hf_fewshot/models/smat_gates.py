@@ -209,9 +209,16 @@ class BankSummary:
 def closed_fraction(log_alpha: torch.Tensor, settings: GateSettings) -> torch.Tensor:
     """The fraction of each expert's gates that are exactly 0 `[M]`."""
     closed = log_alpha.new_zeros(log_alpha.shape[0])
+    (scratch,) = settings.scratch(log_alpha, 1)
     for _, noisy in settings.noisy_chunks(log_alpha):
-        closed += torch.count_nonzero(settings.gates(noisy) == 0, dim=1)
+        closed += closed_counts_(settings.gates(noisy, out=in_scratch(scratch, noisy)))
     return closed / log_alpha.shape[1]
+
+
+def closed_counts_(gates: torch.Tensor) -> torch.Tensor:
+    """How many of each expert's gates `[M, n]` are exactly 0, by float kernels (sign and sum: gates lie in [0, 1])
+    rather than a comparison into a bool tensor, 5–10× slower on CPU. Overwrites `gates`; a NaN gate gives a NaN."""
+    return gates.shape[1] - gates.sign_().sum(dim=1)
 
 
 def accumulates_into_grad(leaf: torch.Tensor) -> bool:
@@ -260,7 +267,7 @@ class MixedExpertGates(torch.autograd.Function):
                     gates = settings.gates(noisy, out=in_scratch(scratch, noisy))
                     torch.mv(gates.t(), weights, out=mixed[columns])
                     if summary is None:  # noisy gates: counted on the way
-                        closed += torch.count_nonzero(gates == 0, dim=1)
+                        closed += closed_counts_(gates)
             closed = summary.closed_fraction.clone() if summary is not None else closed / num_elements
             if not with_density:
                 density = log_alpha.new_zeros(num_experts)
@@ -334,6 +341,7 @@ __all__ = [
     "GateSettings",
     "MixedExpertGates",
     "accumulates_into_grad",
+    "closed_counts_",
     "closed_fraction",
     "expected_density",
 ]
