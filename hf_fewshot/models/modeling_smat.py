@@ -125,9 +125,38 @@ class SmatRouter(nn.Module):
         return tokens[0] @ self.expert_keys.T
 
 
-def _sgd_step(weights: dict[str, torch.Tensor], grads, lr: float) -> dict[str, torch.Tensor]:
-    """`{name: w − lr·g}`: a plain SGD step on functional weights (gradients treated as constants)."""
-    return {name: weight - lr * grad for (name, weight), grad in zip(weights.items(), grads, strict=True)}
+def write_merged_weights(pre: list[torch.Tensor], mixed: torch.Tensor, delta: torch.Tensor, out: list[torch.Tensor]):
+    """`out[k] = pre[k] + mixed_k ⊙ δ_k` for every masked tensor k (`mixed` and `δ` flat `[N]`, split like `pre`;
+    `out[k]` any tensor of `pre[k]`'s size): one fused pass, nothing allocated."""
+    sizes = [tensor.numel() for tensor in pre]
+    for tensor, mixed_piece, delta_piece, target in zip(pre, mixed.split(sizes), delta.split(sizes), out, strict=True):
+        torch.addcmul(tensor, mixed_piece.view_as(tensor), delta_piece.view_as(tensor), out=target.view_as(tensor))
+
+
+class MergedTaskWeights(torch.autograd.Function):
+    """θ_i = θ_pre + (Σ_m a_m z_m) ⊙ θ_δ, one tensor per masked backbone tensor, differentiable in the mixture and the
+    delta: one fused pass from θ_pre's own tensors, with no `[N]` intermediate either way (the backward writes each
+    tensor's gradient straight into the flat gradients of the mixture and the delta)."""
+
+    @staticmethod
+    def forward(ctx, mixed: torch.Tensor, delta: torch.Tensor, pre: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+        merged = [torch.empty_like(tensor) for tensor in pre]
+        write_merged_weights(pre, mixed, delta, merged)
+        ctx.save_for_backward(mixed, delta)
+        ctx.sizes = [tensor.numel() for tensor in pre]
+        return tuple(merged)
+
+    @staticmethod
+    def backward(ctx, *grad_merged):
+        mixed, delta = ctx.saved_tensors
+        grads = [None, None, None]
+        for index, factor in ((0, delta), (1, mixed)):  # ∂/∂mixed = g ⊙ δ, ∂/∂δ = g ⊙ mixed
+            if ctx.needs_input_grad[index]:
+                grads[index] = torch.empty_like(factor)
+                pieces = zip(grad_merged, factor.split(ctx.sizes), grads[index].split(ctx.sizes), strict=True)
+                for grad, piece, out in pieces:
+                    torch.mul(grad.reshape(-1), piece, out=out)
+        return tuple(grads)
 
 
 @torch.no_grad()
@@ -404,14 +433,10 @@ class SmatModel(FewShotPreTrainedModel):
         """
         if mixed_gates is None:
             mixed_gates = self.mix_expert_gates(expert_weights, with_density=False)[0]
-        update = mixed_gates * self.delta
+        names = self.masked_parameter_names
         pre = dict(self.backbone.named_parameters())
-        return {
-            name: pre[name] + piece.view(shape)
-            for name, piece, shape in zip(
-                self.masked_parameter_names, update.split(self.masked_sizes), self.masked_shapes, strict=True
-            )
-        }
+        merged = MergedTaskWeights.apply(mixed_gates, self.delta, [pre[name] for name in names])
+        return dict(zip(names, merged, strict=True))
 
     def _route(self, pre_support_features: torch.Tensor, support_labels: torch.Tensor, n_way: int):
         pre_prototypes = class_prototypes(pre_support_features, support_labels, n_way)
@@ -504,7 +529,11 @@ class SmatModel(FewShotPreTrainedModel):
         support_loss = F.cross_entropy(cosine_logits(support_features, head, scale), support_labels)
         *weight_grads, head_grad = torch.autograd.grad(support_loss, [*task_weights.values(), head], retain_graph=True)
         adapted_head = (prototypes.detach() - inner_lr * head_grad) + (prototypes - prototypes.detach())
-        return _sgd_step(task_weights, weight_grads, inner_lr), adapted_head
+        adapted = {  # θ'_i = θ_i − η·g, the gradients constants (first order)
+            name: torch.sub(weight, grad, alpha=inner_lr)
+            for (name, weight), grad in zip(task_weights.items(), weight_grads, strict=True)
+        }
+        return adapted, adapted_head
 
     def _distillation_loss(
         self, query_loss, logits, pre_logits, adapted, adapted_head, query_pixel_values, query_labels
@@ -539,17 +568,24 @@ class SmatModel(FewShotPreTrainedModel):
         """
         config = self.config
         *grads, head_grad = torch.autograd.grad(query_loss, [*adapted.values(), adapted_head], retain_graph=True)
-        teacher, teacher_head = adapted, adapted_head
+        teacher, teacher_head = {name: weight.detach() for name, weight in adapted.items()}, adapted_head.detach()
         for step in range(config.teacher_steps):
             if step > 0:  # later steps need their own forward and backward on the query set
-                teacher = {n: t.requires_grad_() for n, t in teacher.items()}
-                teacher_head.requires_grad_()
                 with torch.enable_grad():
+                    for tensor in (*teacher.values(), teacher_head):
+                        tensor.requires_grad_()
                     features = backbone_features(self.backbone, query_pixel_values, teacher)
                     loss = F.cross_entropy(cosine_logits(features, teacher_head, config.logit_scale), query_labels)
                     *grads, head_grad = torch.autograd.grad(loss, [*teacher.values(), teacher_head])
-            teacher = {n: t.detach() for n, t in _sgd_step(teacher, grads, config.teacher_lr).items()}
-            teacher_head = (teacher_head - config.teacher_lr * head_grad).detach()
+                teacher, teacher_head = (
+                    {name: weight.detach() for name, weight in teacher.items()},
+                    teacher_head.detach(),
+                )
+            teacher = {  # w − η·g written over the gradient g, which is not needed after
+                name: torch.add(weight, grad, alpha=-config.teacher_lr, out=grad)
+                for (name, weight), grad in zip(teacher.items(), grads, strict=True)
+            }
+            teacher_head = teacher_head - config.teacher_lr * head_grad
         with torch.no_grad():
             features = backbone_features(self.backbone, query_pixel_values, teacher)
             return cosine_logits(features, teacher_head, config.logit_scale)
@@ -603,11 +639,8 @@ class SmatModel(FewShotPreTrainedModel):
             mixed = code.mix(expert_weights.to(self.delta.dtype), out=self._merge_buffer)
         pre = dict(self.backbone.named_parameters())
         targets = dict(backbone.named_parameters())
-        sizes = self.masked_sizes
-        pieces = zip(self.masked_parameter_names, mixed.split(sizes), self.delta.split(sizes), strict=True)
-        for name, mixed_piece, delta_piece in pieces:
-            target = targets[name]
-            torch.addcmul(pre[name], mixed_piece.view_as(target), delta_piece.view_as(target), out=target)
+        names = self.masked_parameter_names
+        write_merged_weights([pre[name] for name in names], mixed, self.delta, [targets[name] for name in names])
 
 
 def _compact_state_dict(source, experts_path: str, config: SmatConfig, hub: dict) -> dict[str, torch.Tensor]:
