@@ -125,10 +125,11 @@ class SmatRouter(nn.Module):
         return tokens[0] @ self.expert_keys.T
 
 
-def write_merged_weights(pre: list[torch.Tensor], mixed: torch.Tensor, delta: torch.Tensor, out: list[torch.Tensor]):
-    """`out[k] = pre[k] + mixed_k ⊙ δ_k` for every masked tensor k (`mixed` and `δ` flat `[N]`, split like `pre`;
-    `out[k]` any tensor of `pre[k]`'s size): one fused pass, nothing allocated."""
-    sizes = [tensor.numel() for tensor in pre]
+def write_merged_weights(
+    pre: list[torch.Tensor], mixed: torch.Tensor, delta: torch.Tensor, out: list[torch.Tensor], sizes: list[int]
+) -> None:
+    """`out[k] = pre[k] + mixed_k ⊙ δ_k` for every masked tensor k (`mixed` and `δ` flat `[N]`, split into `sizes`,
+    the element counts of `pre`; `out[k]` any tensor of `pre[k]`'s size): one fused pass, nothing allocated."""
     for tensor, mixed_piece, delta_piece, target in zip(pre, mixed.split(sizes), delta.split(sizes), out, strict=True):
         torch.addcmul(tensor, mixed_piece.view_as(tensor), delta_piece.view_as(tensor), out=target.view_as(tensor))
 
@@ -139,17 +140,19 @@ class MergedTaskWeights(torch.autograd.Function):
     tensor's gradient straight into the flat gradients of the mixture and the delta)."""
 
     @staticmethod
-    def forward(ctx, mixed: torch.Tensor, delta: torch.Tensor, pre: list[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    def forward(
+        ctx, mixed: torch.Tensor, delta: torch.Tensor, pre: list[torch.Tensor], sizes: list[int]
+    ) -> tuple[torch.Tensor, ...]:
         merged = [torch.empty_like(tensor) for tensor in pre]
-        write_merged_weights(pre, mixed, delta, merged)
+        write_merged_weights(pre, mixed, delta, merged, sizes)
         ctx.save_for_backward(mixed, delta)
-        ctx.sizes = [tensor.numel() for tensor in pre]
+        ctx.sizes = sizes
         return tuple(merged)
 
     @staticmethod
     def backward(ctx, *grad_merged):
         mixed, delta = ctx.saved_tensors
-        grads = [None, None, None]
+        grads = [None, None, None, None]
         for index, factor in ((0, delta), (1, mixed)):  # ∂/∂mixed = g ⊙ δ, ∂/∂δ = g ⊙ mixed
             if ctx.needs_input_grad[index]:
                 grads[index] = torch.empty_like(factor)
@@ -435,7 +438,7 @@ class SmatModel(FewShotPreTrainedModel):
             mixed_gates = self.mix_expert_gates(expert_weights, with_density=False)[0]
         names = self.masked_parameter_names
         pre = dict(self.backbone.named_parameters())
-        merged = MergedTaskWeights.apply(mixed_gates, self.delta, [pre[name] for name in names])
+        merged = MergedTaskWeights.apply(mixed_gates, self.delta, [pre[name] for name in names], self.masked_sizes)
         return dict(zip(names, merged, strict=True))
 
     def _route(self, pre_support_features: torch.Tensor, support_labels: torch.Tensor, n_way: int):
@@ -577,15 +580,12 @@ class SmatModel(FewShotPreTrainedModel):
                     features = backbone_features(self.backbone, query_pixel_values, teacher)
                     loss = F.cross_entropy(cosine_logits(features, teacher_head, config.logit_scale), query_labels)
                     *grads, head_grad = torch.autograd.grad(loss, [*teacher.values(), teacher_head])
-                teacher, teacher_head = (
-                    {name: weight.detach() for name, weight in teacher.items()},
-                    teacher_head.detach(),
-                )
-            teacher = {  # w − η·g written over the gradient g, which is not needed after
-                name: torch.add(weight, grad, alpha=-config.teacher_lr, out=grad)
-                for (name, weight), grad in zip(teacher.items(), grads, strict=True)
-            }
-            teacher_head = teacher_head - config.teacher_lr * head_grad
+            with torch.no_grad():  # w − η·g written over the gradient g, which is not needed after: plain tensors
+                teacher = {
+                    name: torch.add(weight, grad, alpha=-config.teacher_lr, out=grad)
+                    for (name, weight), grad in zip(teacher.items(), grads, strict=True)
+                }
+                teacher_head = teacher_head - config.teacher_lr * head_grad
         with torch.no_grad():
             features = backbone_features(self.backbone, query_pixel_values, teacher)
             return cosine_logits(features, teacher_head, config.logit_scale)
@@ -640,7 +640,8 @@ class SmatModel(FewShotPreTrainedModel):
         pre = dict(self.backbone.named_parameters())
         targets = dict(backbone.named_parameters())
         names = self.masked_parameter_names
-        write_merged_weights([pre[name] for name in names], mixed, self.delta, [targets[name] for name in names])
+        pre_tensors, target_tensors = [pre[name] for name in names], [targets[name] for name in names]
+        write_merged_weights(pre_tensors, mixed, self.delta, target_tensors, self.masked_sizes)
 
 
 def _compact_state_dict(source, experts_path: str, config: SmatConfig, hub: dict) -> dict[str, torch.Tensor]:
