@@ -40,7 +40,14 @@ from .modeling_fewshot import (
     eval_mode,
     load_backbone,
 )
-from .smat_gates import BankSummary, GateSettings, MixedExpertGates
+from .smat_gates import (
+    BankSummary,
+    GateSettings,
+    MixedExpertGates,
+    RetainedGradients,
+    accumulates_into_grad,
+    empty_sparse_gradient,
+)
 from .smat_storage import (
     EXPERTS_FILE,
     backbone_checksum,
@@ -136,30 +143,44 @@ def write_merged_weights(
 
 class MergedTaskWeights(torch.autograd.Function):
     """θ_i = θ_pre + (Σ_m a_m z_m) ⊙ θ_δ, one tensor per masked backbone tensor, differentiable in the mixture and the
-    delta: one fused pass from θ_pre's own tensors, with no `[N]` intermediate either way (the backward writes each
-    tensor's gradient straight into the flat gradients of the mixture and the delta)."""
+    delta: one fused pass from θ_pre's own tensors, with no `[N]` intermediate either way. The backward writes each
+    tensor's gradient straight into the flat gradient of the mixture and, under `loss.backward()`, adds the delta's
+    into `delta.grad` (kept in `retained` between updates, like the bank's: no fresh 87 MB block per task for ViT-S).
+    """
 
     @staticmethod
     def forward(
-        ctx, mixed: torch.Tensor, delta: torch.Tensor, pre: list[torch.Tensor], sizes: list[int]
+        ctx,
+        mixed: torch.Tensor,
+        delta: torch.Tensor,
+        pre: list[torch.Tensor],
+        sizes: list[int],
+        retained: RetainedGradients,
     ) -> tuple[torch.Tensor, ...]:
         merged = [torch.empty_like(tensor) for tensor in pre]
         write_merged_weights(pre, mixed, delta, merged, sizes)
         ctx.save_for_backward(mixed, delta)
-        ctx.sizes = sizes
+        ctx.sizes, ctx.retained = sizes, retained
         return tuple(merged)
 
     @staticmethod
     def backward(ctx, *grad_merged):
         mixed, delta = ctx.saved_tensors
-        grads = [None, None, None, None]
-        for index, factor in ((0, delta), (1, mixed)):  # ∂/∂mixed = g ⊙ δ, ∂/∂δ = g ⊙ mixed
-            if ctx.needs_input_grad[index]:
-                grads[index] = torch.empty_like(factor)
-                pieces = zip(grad_merged, factor.split(ctx.sizes), grads[index].split(ctx.sizes), strict=True)
-                for grad, piece, out in pieces:
-                    torch.mul(grad.reshape(-1), piece, out=out)
-        return tuple(grads)
+        grad_mixed = grad_delta = None
+        if ctx.needs_input_grad[0]:  # ∂/∂mixed = g ⊙ δ
+            grad_mixed = torch.empty_like(mixed)
+            pieces = zip(grad_merged, delta.split(ctx.sizes), grad_mixed.split(ctx.sizes), strict=True)
+            for grad, piece, out in pieces:
+                torch.mul(grad, piece.view_as(grad), out=out.view_as(grad))
+        if ctx.needs_input_grad[1]:  # ∂/∂δ = g ⊙ mixed
+            accumulate = accumulates_into_grad(delta)
+            grad_delta = ctx.retained.grad_of(delta) if accumulate else torch.zeros_like(delta)
+            pieces = zip(grad_merged, mixed.split(ctx.sizes), grad_delta.split(ctx.sizes), strict=True)
+            for grad, piece, out in pieces:
+                out.view_as(grad).addcmul_(grad, piece.view_as(grad))
+            if accumulate:  # already in delta.grad
+                grad_delta = empty_sparse_gradient(delta)
+        return grad_mixed, grad_delta, None, None, None
 
 
 @torch.no_grad()
@@ -216,6 +237,7 @@ class SmatModel(FewShotPreTrainedModel):
         self._bank_summaries: dict[GateSettings, tuple] = {}  # per setting: (log α key, BankSummary)
         self._clamped_key = None
         self._merge_buffer: torch.Tensor | None = None  # reused by merge_task_weights_into
+        self._retained_gradients = RetainedGradients()  # the bank's and the delta's, between updates
         self.post_init()
 
     def _init_weights(self, module):
@@ -228,6 +250,12 @@ class SmatModel(FewShotPreTrainedModel):
             module.reset_parameters()
         elif not any(module is child for child in self.router.modules()):
             self.backbone._init_weights(module)
+
+    def train(self, mode: bool = True) -> "SmatModel":
+        """As `nn.Module.train`; leaving training mode also frees the gradient buffers kept between updates."""
+        if not mode:
+            self._retained_gradients.clear()
+        return super().train(mode)
 
     # ------------------------------------------------------------------------------------- checkpoints
     save_compact = True
@@ -329,7 +357,9 @@ class SmatModel(FewShotPreTrainedModel):
         settings = self._gate_settings(self.training if training is None else training)
         weights = expert_weights.to(self.gate_logits.dtype)
         summary = self._bank_summary(settings, logits_key)
-        return MixedExpertGates.apply(self.gate_logits, weights, settings, summary, with_density)
+        return MixedExpertGates.apply(
+            self.gate_logits, weights, settings, summary, with_density, self._retained_gradients
+        )
 
     @torch.no_grad()
     def _gate_logits_key(self) -> tuple:
@@ -438,7 +468,9 @@ class SmatModel(FewShotPreTrainedModel):
             mixed_gates = self.mix_expert_gates(expert_weights, with_density=False)[0]
         names = self.masked_parameter_names
         pre = dict(self.backbone.named_parameters())
-        merged = MergedTaskWeights.apply(mixed_gates, self.delta, [pre[name] for name in names], self.masked_sizes)
+        merged = MergedTaskWeights.apply(
+            mixed_gates, self.delta, [pre[name] for name in names], self.masked_sizes, self._retained_gradients
+        )
         return dict(zip(names, merged, strict=True))
 
     def _route(self, pre_support_features: torch.Tensor, support_labels: torch.Tensor, n_way: int):

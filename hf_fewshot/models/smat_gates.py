@@ -10,6 +10,7 @@ module of modeling_smat.py: remote code copies it beside the model.
 
 import functools
 import math
+import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -233,6 +234,51 @@ def accumulates_into_grad(leaf: torch.Tensor) -> bool:
         return False
 
 
+class RetainedGradients:
+    """Gradient buffers of large parameters, kept across optimizer steps for the backwards that add straight into
+    `.grad` (`MixedExpertGates`, `MergedTaskWeights`).
+
+    `zero_grad()` sets `.grad` to None, and a fresh block for the next update pays its page faults again: 0.66 s per
+    update for ViT-S's 694 MB bank, more than the gradient's arithmetic (docs/performance.md). A buffer is handed
+    back zeroed only while nothing else holds it (a caller that kept the old `.grad` gets a fresh one) and is
+    dropped by `clear()`, which the model calls when it leaves training mode.
+    """
+
+    def __init__(self):
+        self._buffers: dict[int, torch.Tensor] = {}
+
+    def grad_of(self, leaf: torch.Tensor) -> torch.Tensor:
+        """`leaf.grad`, first set to a zeroed buffer (the retained one when free) if it is None."""
+        if leaf.grad is None:
+            key = id(leaf)
+            buffer = self._buffers.get(key)
+            reusable = (
+                buffer is not None
+                and (buffer.shape, buffer.dtype, buffer.device) == (leaf.shape, leaf.dtype, leaf.device)
+                and sys.getrefcount(buffer) == 3  # this dict, the local name and the call's argument
+            )
+            del buffer
+            if reusable:
+                leaf.grad = self._buffers[key].zero_()
+            else:
+                leaf.grad = self._buffers[key] = torch.zeros_like(leaf)
+        return leaf.grad
+
+    def clear(self) -> None:
+        self._buffers.clear()
+
+
+def empty_sparse_gradient(leaf: torch.Tensor) -> torch.Tensor:
+    """An all-zero sparse gradient of `leaf`'s shape, for a backward that already added its gradient into
+    `leaf.grad`: AccumulateGrad and DDP's hooks still run on the parameter, and nothing is added twice."""
+    return torch.sparse_coo_tensor(
+        torch.empty(leaf.dim(), 0, dtype=torch.long, device=leaf.device),
+        leaf.new_empty(0),
+        leaf.shape,
+        check_invariants=False,
+    )
+
+
 class MixedExpertGates(torch.autograd.Function):
     """Σ_m a_m z_m, the expected densities and the closed fractions of the `[M, N]` bank.
 
@@ -251,9 +297,16 @@ class MixedExpertGates(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, log_alpha: torch.Tensor, weights: torch.Tensor, settings: GateSettings, summary, with_density: bool
+        ctx,
+        log_alpha: torch.Tensor,
+        weights: torch.Tensor,
+        settings: GateSettings,
+        summary,
+        with_density: bool,
+        retained: RetainedGradients | None = None,
     ):
-        """`summary`: the `BankSummary` of this log α (deterministic gates), or None (noisy gates: computed here)."""
+        """`summary`: the `BankSummary` of this log α (deterministic gates), or None (noisy gates: computed here);
+        `retained`: where log α's gradient buffer is kept between updates (None: a fresh one each update)."""
         with full_precision(log_alpha):
             num_experts, num_elements = log_alpha.shape
             code = summary.code if summary is not None else None
@@ -274,7 +327,7 @@ class MixedExpertGates(torch.autograd.Function):
             else:
                 density = summary.density.clone() if summary is not None else expected_density(log_alpha, settings)
             ctx.save_for_backward(log_alpha, weights)
-            ctx.settings, ctx.code = settings, code
+            ctx.settings, ctx.code, ctx.retained = settings, code, retained or RetainedGradients()
             ctx.mark_non_differentiable(closed)
             return mixed, density, closed
 
@@ -286,9 +339,7 @@ class MixedExpertGates(torch.autograd.Function):
             if grad_mixed is not None:  # under autocast it can come back in bf16: the bank's arithmetic stays fp32
                 grad_mixed = grad_mixed.to(log_alpha.dtype)
             accumulate = accumulates_into_grad(log_alpha)
-            if accumulate and log_alpha.grad is None:
-                log_alpha.grad = torch.zeros_like(log_alpha)
-            grad_log_alpha = log_alpha.grad if accumulate else torch.zeros_like(log_alpha)
+            grad_log_alpha = ctx.retained.grad_of(log_alpha) if accumulate else torch.zeros_like(log_alpha)
             grad_weights = torch.zeros_like(weights)
             # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: no density pass then.
             density_scale = None
@@ -314,14 +365,9 @@ class MixedExpertGates(torch.autograd.Function):
                         grad_weights += s @ upstream  # s holds the gates now
                     if density_scale is not None:
                         settings.add_density_grad(grad, log_alpha[:, columns], density_scale, gate_scratch)
-            if accumulate:  # already in log_alpha.grad: hand autograd an empty gradient
-                grad_log_alpha = torch.sparse_coo_tensor(
-                    torch.empty(2, 0, dtype=torch.long, device=log_alpha.device),
-                    log_alpha.new_empty(0),
-                    log_alpha.shape,
-                    check_invariants=False,
-                )
-            return grad_log_alpha, grad_weights, None, None, None
+            if accumulate:  # already in log_alpha.grad
+                grad_log_alpha = empty_sparse_gradient(log_alpha)
+            return grad_log_alpha, grad_weights, None, None, None, None
 
 
 @torch.no_grad()
@@ -340,8 +386,10 @@ __all__ = [
     "GateCode",
     "GateSettings",
     "MixedExpertGates",
+    "RetainedGradients",
     "accumulates_into_grad",
     "closed_counts_",
     "closed_fraction",
+    "empty_sparse_gradient",
     "expected_density",
 ]
