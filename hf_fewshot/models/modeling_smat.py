@@ -45,8 +45,6 @@ from .smat_gates import (
     GateSettings,
     MixedExpertGates,
     RetainedGradients,
-    accumulates_into_grad,
-    empty_sparse_gradient,
 )
 from .smat_storage import (
     EXPERTS_FILE,
@@ -173,13 +171,11 @@ class MergedTaskWeights(torch.autograd.Function):
             for grad, piece, out in pieces:
                 torch.mul(grad, piece.view_as(grad), out=out.view_as(grad))
         if ctx.needs_input_grad[1]:  # ∂/∂δ = g ⊙ mixed
-            accumulate = accumulates_into_grad(delta)
-            grad_delta = ctx.retained.grad_of(delta) if accumulate else torch.zeros_like(delta)
+            grad_delta, in_grad = ctx.retained.gradient_target(delta)
             pieces = zip(grad_merged, mixed.split(ctx.sizes), grad_delta.split(ctx.sizes), strict=True)
             for grad, piece, out in pieces:
                 out.view_as(grad).addcmul_(grad, piece.view_as(grad))
-            if accumulate:  # already in delta.grad
-                grad_delta = empty_sparse_gradient(delta)
+            grad_delta = ctx.retained.returned(delta, grad_delta, in_grad)
         return grad_mixed, grad_delta, None, None, None
 
 

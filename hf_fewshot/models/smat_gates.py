@@ -264,6 +264,18 @@ class RetainedGradients:
                 leaf.grad = self._buffers[key] = torch.zeros_like(leaf)
         return leaf.grad
 
+    def gradient_target(self, leaf: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """Where a backward writes `leaf`'s gradient, and whether that is `leaf.grad` itself: under `loss.backward()`
+        it adds straight into `.grad` (then returns `returned(...)`'s empty gradient); else into fresh zeros."""
+        if accumulates_into_grad(leaf):
+            return self.grad_of(leaf), True
+        return torch.zeros_like(leaf), False
+
+    @staticmethod
+    def returned(leaf: torch.Tensor, gradient: torch.Tensor, in_grad: bool) -> torch.Tensor:
+        """What a backward hands autograd for `leaf`: the gradient, or an empty one where it is in `.grad` already."""
+        return empty_sparse_gradient(leaf) if in_grad else gradient
+
     def clear(self) -> None:
         self._buffers.clear()
 
@@ -338,8 +350,7 @@ class MixedExpertGates(torch.autograd.Function):
             settings, code = ctx.settings, ctx.code
             if grad_mixed is not None:  # under autocast it can come back in bf16: the bank's arithmetic stays fp32
                 grad_mixed = grad_mixed.to(log_alpha.dtype)
-            accumulate = accumulates_into_grad(log_alpha)
-            grad_log_alpha = ctx.retained.grad_of(log_alpha) if accumulate else torch.zeros_like(log_alpha)
+            grad_log_alpha, in_grad = ctx.retained.gradient_target(log_alpha)
             grad_weights = torch.zeros_like(weights)
             # ∂L/∂d_m = λ_m a_m is 0 for every expert whose multiplier is 0: no density pass then.
             density_scale = None
@@ -365,9 +376,7 @@ class MixedExpertGates(torch.autograd.Function):
                         grad_weights += s @ upstream  # s holds the gates now
                     if density_scale is not None:
                         settings.add_density_grad(grad, log_alpha[:, columns], density_scale, gate_scratch)
-            if accumulate:  # already in log_alpha.grad
-                grad_log_alpha = empty_sparse_gradient(log_alpha)
-            return grad_log_alpha, grad_weights, None, None, None, None
+            return ctx.retained.returned(log_alpha, grad_log_alpha, in_grad), grad_weights, None, None, None, None
 
 
 @torch.no_grad()
