@@ -274,6 +274,47 @@ def test_coded_training_gradients_equal_the_chunked_ones(smat):
         torch.testing.assert_close(coded, chunked)
 
 
+def test_a_saturated_training_task_keeps_no_mixture_and_gets_the_chunked_gradients(smat, monkeypatch):
+    """With a gate code the task graph holds no `[N]` mixture (the backward gathers it again: 87 MB of the ViT-S
+    peak); its loss and every gradient equal those of the chunked pass, which keeps the mixture."""
+    from hf_fewshot.models.smat_gates import GateCode
+
+    saturate(smat)
+    smat.train()
+    with torch.no_grad():
+        smat.delta.normal_(0, 1e-2)
+        smat.sparsity_multipliers.fill_(0.05)
+    task = episode(shots=3)
+    num_elements, delta_storage = smat.delta.numel(), smat.delta.untyped_storage().data_ptr()
+
+    def task_gradients():
+        saved = []
+
+        def pack(tensor):
+            if tensor.numel() == num_elements and tensor.untyped_storage().data_ptr() != delta_storage:
+                saved.append(tensor)
+            return tensor
+
+        smat.zero_grad(), torch.manual_seed(1)
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda tensor: tensor):
+            loss = smat(*task).loss
+        loss.backward()
+        gradients = {
+            name: parameter.grad.clone() for name, parameter in smat.named_parameters() if parameter.grad is not None
+        }
+        return loss.detach(), gradients, len(saved)
+
+    coded_loss, coded, coded_saved = task_gradients()
+    monkeypatch.setattr(GateCode, "max_fractional_share", -1.0)  # no code pays: the chunked pass
+    smat._bank_summaries.clear()
+    chunked_loss, chunked, chunked_saved = task_gradients()
+    assert coded_saved == 0 and chunked_saved == 1
+    torch.testing.assert_close(coded_loss, chunked_loss)
+    assert coded.keys() == chunked.keys()
+    for name in coded:
+        torch.testing.assert_close(coded[name], chunked[name], msg=name)
+
+
 @pytest.mark.parametrize("training", [True, False])
 def test_the_gate_code_reads_every_gate_exactly_even_at_the_saturation_bounds(smat, training):
     """The code is built by float arithmetic against the bounds where a gate saturates; log α on a fine grid around

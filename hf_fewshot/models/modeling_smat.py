@@ -42,9 +42,11 @@ from .modeling_fewshot import (
 )
 from .smat_gates import (
     BankSummary,
+    GateCode,
     GateSettings,
     MixedExpertGates,
     RetainedGradients,
+    full_precision,
 )
 from .smat_storage import (
     EXPERTS_FILE,
@@ -144,6 +146,8 @@ class MergedTaskWeights(torch.autograd.Function):
     delta: one fused pass from θ_pre's own tensors, with no `[N]` intermediate either way. The backward writes each
     tensor's gradient straight into the flat gradient of the mixture and, under `loss.backward()`, adds the delta's
     into `delta.grad` (kept in `retained` between updates, like the bank's: no fresh 87 MB block per task for ViT-S).
+    Given the `GateCode` and expert weights the mixture came from (`regather`), the backward gathers the mixture
+    again instead of keeping it through the whole task graph: 30 ms against 87 MB of the ViT-S peak.
     """
 
     @staticmethod
@@ -154,16 +158,23 @@ class MergedTaskWeights(torch.autograd.Function):
         pre: list[torch.Tensor],
         sizes: list[int],
         retained: RetainedGradients,
+        regather: tuple[GateCode, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, ...]:
         merged = [torch.empty_like(tensor) for tensor in pre]
         write_merged_weights(pre, mixed, delta, merged, sizes)
-        ctx.save_for_backward(mixed, delta)
-        ctx.sizes, ctx.retained = sizes, retained
+        if regather is None:
+            ctx.save_for_backward(mixed, delta)
+        else:
+            ctx.save_for_backward(regather[1], delta)
+        ctx.sizes, ctx.retained, ctx.code = sizes, retained, None if regather is None else regather[0]
         return tuple(merged)
 
     @staticmethod
     def backward(ctx, *grad_merged):
         mixed, delta = ctx.saved_tensors
+        if ctx.code is not None:  # saved were the expert weights: the mixture again, as in the forward
+            with full_precision(mixed):
+                mixed = ctx.code.mix(mixed)
         grad_mixed = grad_delta = None
         if ctx.needs_input_grad[0]:  # ∂/∂mixed = g ⊙ δ
             grad_mixed = torch.empty_like(mixed)
@@ -176,7 +187,7 @@ class MergedTaskWeights(torch.autograd.Function):
             for grad, piece, out in pieces:
                 out.view_as(grad).addcmul_(grad, piece.view_as(grad))
             grad_delta = ctx.retained.returned(delta, grad_delta, in_grad)
-        return grad_mixed, grad_delta, None, None, None
+        return grad_mixed, grad_delta, None, None, None, None
 
 
 @torch.no_grad()
@@ -454,18 +465,33 @@ class SmatModel(FewShotPreTrainedModel):
 
     # ------------------------------------------------------------------------------------------- merge
     def merge_task_weights(
-        self, expert_weights: torch.Tensor, mixed_gates: torch.Tensor | None = None
+        self,
+        expert_weights: torch.Tensor,
+        mixed_gates: torch.Tensor | None = None,
+        logits_key: tuple | None = None,
     ) -> dict[str, torch.Tensor]:
         """θ_i = θ_pre + (Σ_m a_m z_m) ⊙ θ_δ for every masked backbone tensor, by name (differentiable).
 
         `mixed_gates` (`Σ_m a_m z_m` from `mix_expert_gates`) is computed with the current mode's gates if not given.
+        `logits_key`: given by a caller whose `mixed_gates` came from this mode's gates with that key (the training
+        task), so that a gate code can gather the mixture again in the backward instead of it being kept.
         """
         if mixed_gates is None:
             mixed_gates = self.mix_expert_gates(expert_weights, with_density=False)[0]
+        regather = None
+        if logits_key is not None:
+            summary = self._bank_summary(self._gate_settings(self.training), logits_key)
+            if summary is not None and summary.code is not None:
+                regather = (summary.code, expert_weights.detach().to(self.gate_logits.dtype))
         names = self.masked_parameter_names
         pre = dict(self.backbone.named_parameters())
         merged = MergedTaskWeights.apply(
-            mixed_gates, self.delta, [pre[name] for name in names], self.masked_sizes, self._retained_gradients
+            mixed_gates,
+            self.delta,
+            [pre[name] for name in names],
+            self.masked_sizes,
+            self._retained_gradients,
+            regather,
         )
         return dict(zip(names, merged, strict=True))
 
@@ -517,7 +543,8 @@ class SmatModel(FewShotPreTrainedModel):
         pre_prototypes, router_logits, weights = self._route(pre_features[:n_support], support_labels, n_way)
         with_density = bool((self.sparsity_multipliers > 0).any())  # else L_sp = 0 whatever the densities
         mixed_gates, expected_density, sparsity = self.mix_expert_gates(weights, True, with_density, logits_key)
-        task_weights = self.merge_task_weights(weights, mixed_gates)
+        task_weights = self.merge_task_weights(weights, mixed_gates, logits_key)
+        del mixed_gates  # with saturated gates the backward gathers it again: not kept through the task
         adapted, adapted_head = self._inner_step(task_weights, support_pixel_values, support_labels, n_way)
         query_features = backbone_features(self.backbone, query_pixel_values, adapted)
         logits = cosine_logits(query_features, adapted_head, config.logit_scale)
