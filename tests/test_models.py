@@ -187,13 +187,7 @@ def test_gradient_buffers_are_reused_across_updates_and_never_overwrite_a_kept_g
     """The bank's and the delta's `.grad` after a meta-training task equal what autograd.grad returns; after
     `zero_grad()` the next update writes into the same blocks (no fresh 694 MB bank gradient per update for ViT-S),
     except where the caller kept the old `.grad`, which stays as it was; leaving training mode frees them."""
-    if saturated:
-        saturate(smat)
-    smat.train()
-    with torch.no_grad():
-        smat.delta.normal_(0, 1e-2)
-        smat.sparsity_multipliers.fill_(0.05)
-    task = episode(shots=3)
+    task = start_training_with_density_term(smat, saturated)
     banks = [smat.gate_logits, smat.delta]
 
     def task_loss(seed: int):
@@ -224,6 +218,18 @@ def test_gradient_buffers_are_reused_across_updates_and_never_overwrite_a_kept_g
 def saturate(smat: SmatModel) -> None:
     """Gates as after training: log α at its bounds (90% closed), 50 still fractional."""
     helpers.saturate_gates(smat, fractional=50, fractional_std=0.3)
+
+
+def start_training_with_density_term(smat: SmatModel, saturated: bool) -> tuple[torch.Tensor, ...]:
+    """`smat` in training mode with a non-zero delta and multipliers switched on (so every loss term has a gradient),
+    its gates fresh or `saturated`; returns a 5-way 3-shot task."""
+    if saturated:
+        saturate(smat)
+    smat.train()
+    with torch.no_grad():
+        smat.delta.normal_(0, 1e-2)
+        smat.sparsity_multipliers.fill_(0.05)
+    return episode(shots=3)
 
 
 def test_merging_a_saturated_bank_uses_the_gate_code_and_stays_exact(smat):
@@ -279,12 +285,7 @@ def test_a_saturated_training_task_keeps_no_mixture_and_gets_the_chunked_gradien
     peak); its loss and every gradient equal those of the chunked pass, which keeps the mixture."""
     from hf_fewshot.models.smat_gates import GateCode
 
-    saturate(smat)
-    smat.train()
-    with torch.no_grad():
-        smat.delta.normal_(0, 1e-2)
-        smat.sparsity_multipliers.fill_(0.05)
-    task = episode(shots=3)
+    task = start_training_with_density_term(smat, saturated=True)
     num_elements, delta_storage = smat.delta.numel(), smat.delta.untyped_storage().data_ptr()
 
     def task_gradients():

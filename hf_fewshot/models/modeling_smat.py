@@ -162,17 +162,15 @@ class MergedTaskWeights(torch.autograd.Function):
     ) -> tuple[torch.Tensor, ...]:
         merged = [torch.empty_like(tensor) for tensor in pre]
         write_merged_weights(pre, mixed, delta, merged, sizes)
-        if regather is None:
-            ctx.save_for_backward(mixed, delta)
-        else:
-            ctx.save_for_backward(regather[1], delta)
-        ctx.sizes, ctx.retained, ctx.code = sizes, retained, None if regather is None else regather[0]
+        ctx.code, mixture_source = (None, mixed) if regather is None else regather  # the mixture, or its weights
+        ctx.save_for_backward(mixture_source, delta)
+        ctx.sizes, ctx.retained = sizes, retained
         return tuple(merged)
 
     @staticmethod
     def backward(ctx, *grad_merged):
         mixed, delta = ctx.saved_tensors
-        if ctx.code is not None:  # saved were the expert weights: the mixture again, as in the forward
+        if ctx.code is not None:  # the expert weights were saved: the mixture again, as in the forward
             with full_precision(mixed):
                 mixed = ctx.code.mix(mixed)
         grad_mixed = grad_delta = None
