@@ -8,8 +8,9 @@ gate fractional) and trained-like (saturated, 90% closed, a non-zero delta). Tas
 meta-training is timed per update of 4 tasks (SGD step included, λ > 0 so the density term is on) and reported per
 task, in fp32 and under bf16 autocast (fp32 master weights). Evaluation = `prepare_task` + predicting the 50 queries.
 Every case runs in its own process, so peak memory (max RSS) belongs to it alone; what is compared as a ratio (SMAT
-vs ProtoNet, task model vs plain ViT) alternates in one process. Prints a Markdown table of medians and min–max over
-`--repeats` after a warm-up.
+vs ProtoNet, task model vs plain ViT) alternates in one process. Each process keeps freed memory for reuse, as the
+trainers and `hf-fewshot evaluate` do on CPU (`hf_fewshot.reuse_freed_cpu_memory`); `--glibc-defaults` measures
+without it. Prints a Markdown table of medians and min–max over `--repeats` after a warm-up.
 """
 
 import argparse
@@ -88,13 +89,17 @@ def evaluation(kind: str, backbone: str, episode):
     return evaluate
 
 
-def measure(case: str, backbone: str, repeats: int, threads: int, queue) -> None:
+def measure(case: str, backbone: str, repeats: int, threads: int, reuse_memory: bool, queue) -> None:
     """Run one case in this (fresh) process; put (seconds per repeat, peak RSS in bytes, extra) on `queue`.
 
     Cases that compare two things ("train", "inference") alternate them in one process, one run each in
     turn, and return both series in `extra`: their ratio is then free of the drift of a shared CPU.
     """
     torch.set_num_threads(threads)
+    if reuse_memory:
+        from hf_fewshot import reuse_freed_cpu_memory
+
+        reuse_freed_cpu_memory()
     episode = make_episode(BACKBONES[backbone]["image_size"])
     support, support_labels, query, _ = episode
     extra, compared = None, None
@@ -178,10 +183,10 @@ ALL_CASES = [*TRAINING_CASES, "protonet_memory", "smat_memory", "eval", "smat_ro
 ALL_CASES += ["inference", "checkpoint"]
 
 
-def run_case(case: str, backbone: str, repeats: int, threads: int):
+def run_case(case: str, backbone: str, repeats: int, threads: int, reuse_memory: bool):
     context = multiprocessing.get_context("spawn")
     queue = context.Queue()
-    process = context.Process(target=measure, args=(case, backbone, repeats, threads, queue))
+    process = context.Process(target=measure, args=(case, backbone, repeats, threads, reuse_memory, queue))
     process.start()
     result = queue.get()
     process.join()
@@ -201,6 +206,12 @@ def main() -> None:
         help="measure only these (rows of the others print '–'); e.g. leave out train_bf16 on a CPU without native "
         "bf16 matmuls, where it is emulated and runs tens of times slower than fp32",
     )
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave glibc's allocator settings as they are (freed memory goes back to the system, as before "
+        "hf_fewshot.reuse_freed_cpu_memory)",
+    )
     args = parser.parse_args()
     cases = args.cases
     results = {}
@@ -208,7 +219,7 @@ def main() -> None:
         for backbone in args.backbones:
             for case in cases:
                 repeats = 3 * args.repeats if case == "inference" else args.repeats  # a small, noisy ratio
-                results[backbone, case] = run_case(case, backbone, repeats, args.threads)
+                results[backbone, case] = run_case(case, backbone, repeats, args.threads, not args.glibc_defaults)
                 progress.update()
     images = 4 * WAYS * QUERIES
 
@@ -268,7 +279,7 @@ def main() -> None:
     ]
     print(
         f"\nModels benchmark ({args.threads} threads, {WAYS}-way {SHOTS}-shot {QUERIES}-query, random weights, "
-        f"median (min–max) of {args.repeats})\n"
+        f"median (min–max) of {args.repeats}, {'glibc defaults' if args.glibc_defaults else 'freed memory reused'})\n"
     )
     print("| measure | " + " | ".join(args.backbones) + " | target |")
     print("|---|" + "---:|" * len(args.backbones) + "---|")

@@ -1,6 +1,7 @@
 """hf-fewshot: few-shot image classification on the Hugging Face stack (SMAT, P>M>F, flat SAM backbones)."""
 
 from hf_fewshot.adaptation import finetune_on_support
+from hf_fewshot.allocator import reuse_freed_cpu_memory
 from hf_fewshot.data import EpisodeCollator, EpisodeSampler, load_domain
 from hf_fewshot.diagnostics import SmatDiagnostics, smat_diagnostics
 from hf_fewshot.evaluation import evaluate_episodes
@@ -36,5 +37,6 @@ __all__ = [
     "load_domain",
     "open_images",
     "register_fewshot_method",
+    "reuse_freed_cpu_memory",
     "smat_diagnostics",
 ]

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from hf_fewshot import evaluate_episodes, load_domain
+from hf_fewshot.allocator import reuse_freed_cpu_memory
 from hf_fewshot.data.minimeta import DOMAINS, TRAIN_DOMAINS
 from hf_fewshot.defaults import DEFAULT_BACKBONE, DEFAULT_MODEL, require_main_job_output
 from hf_fewshot.evaluation import results_table
@@ -68,6 +69,8 @@ def run(args: EvaluateArguments) -> str:
         finetune=finetune,
     )
     device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        reuse_freed_cpu_memory()  # each task's merged model and activations reuse the last task's memory
     results = {
         name: evaluate_episodes(load_fewshot_model(name).to(device), test, args.num_episodes, **settings)
         for name in args.models

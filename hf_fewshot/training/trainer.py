@@ -19,6 +19,7 @@ from torch.utils.data import DataLoader
 from transformers import PreTrainedModel, Trainer, TrainerState
 from transformers.trainer_utils import TrainOutput
 
+from hf_fewshot.allocator import reuse_freed_cpu_memory
 from hf_fewshot.data.domains import domain_of
 from hf_fewshot.data.episodes import EpisodeCollator, EpisodeSampler, FrozenEpisodes, MultiDomainEpisodeSampler
 from hf_fewshot.data.transforms import EvalTransform, TrainTransform
@@ -155,12 +156,16 @@ class SAMTrainer(ReliableTrainer):
       micro-batch (its gradient never reaches the weights). Both are counted in the logs
       (`sam_unperturbed`, `sam_dropped`), with the mean sharpness L(w + e) − L(w) (`sam_sharpness`).
     - `sam_interval = k` applies SAM on every k-th optimizer step and plain ERM otherwise.
+    - On CPU, freed memory stays in the process for the next steps (`reuse_freed_cpu_memory`, on by default;
+      docs/performance.md, "Freed CPU memory is kept for reuse").
     """
 
     args: FewShotTrainingArguments
 
     def __init__(self, model: nn.Module | None = None, args: FewShotTrainingArguments | None = None, **kwargs):
         super().__init__(model=model, args=args, **kwargs)
+        if self.args.reuse_freed_cpu_memory and self.args.device.type == "cpu":
+            reuse_freed_cpu_memory()
         if self.args.sam_rho > 0:
             if self.is_deepspeed_enabled or self.is_fsdp_enabled:
                 raise ValueError(
