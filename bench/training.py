@@ -10,7 +10,9 @@
    digits split (the domain with enough images per class), alternating runs; time per task = update time / 4,
    optimizer step included; SMAT with fresh gates (as a run starts) and trained-like ones (saturated, 90% closed).
    Target SMAT / ProtoNet ≤ 2.5× in both.
-Each run's steps are timed with a callback (on_step_begin → on_step_end) after the first step.
+Each run's steps are timed with a callback (on_step_begin → on_step_end) after the first step. The whole process keeps
+freed memory for reuse, as the trainers do on CPU (`hf_fewshot.reuse_freed_cpu_memory`), so that the stock Trainer
+is measured in the same setting; `--glibc-defaults` measures every run without it.
 """
 
 import argparse
@@ -23,7 +25,15 @@ from shapes import TINY_VIT_32PX, VIT_S_16_84PX, saturate_gates
 from tqdm.auto import tqdm
 from transformers import Trainer, TrainerCallback, ViTConfig, ViTForImageClassification
 
-from hf_fewshot import EpisodicTrainer, FewShotTrainingArguments, ProtoNetModel, SAMTrainer, SmatModel, load_domain
+from hf_fewshot import (
+    EpisodicTrainer,
+    FewShotTrainingArguments,
+    ProtoNetModel,
+    SAMTrainer,
+    SmatModel,
+    load_domain,
+    reuse_freed_cpu_memory,
+)
 
 BACKBONES = {"tiny": TINY_VIT_32PX, "vits": VIT_S_16_84PX}
 TASKS_PER_UPDATE = 4
@@ -53,7 +63,7 @@ class RandomImages(torch.utils.data.Dataset):
         return {"pixel_values": self.pixels[index], "labels": self.labels[index]}
 
 
-def step_seconds(trainer_class, rho: float, steps: int, folder: str) -> list[float]:
+def step_seconds(trainer_class, rho: float, steps: int, folder: str, reuse_memory: bool) -> list[float]:
     torch.manual_seed(0)
     config = ViTConfig(**TINY_VIT_32PX, num_labels=10)
     args = FewShotTrainingArguments(
@@ -68,6 +78,7 @@ def step_seconds(trainer_class, rho: float, steps: int, folder: str) -> list[flo
         disable_tqdm=True,
         sam_rho=rho,
         logging_strategy="no",
+        reuse_freed_cpu_memory=reuse_memory,
     )
     timer = StepTimer()
     trainer = trainer_class(
@@ -77,7 +88,9 @@ def step_seconds(trainer_class, rho: float, steps: int, folder: str) -> list[flo
     return timer.seconds[1:]  # the first step warms up
 
 
-def task_seconds(model_class, shape: dict, steps: int, folder: str, trained_gates: bool = False) -> list[float]:
+def task_seconds(
+    model_class, shape: dict, steps: int, folder: str, reuse_memory: bool, trained_gates: bool = False
+) -> list[float]:
     """Seconds per meta-training task of `model_class` in EpisodicTrainer (4 tasks per optimizer step); SMAT's gates
     fresh (as a run starts) or, with `trained_gates`, saturated as after training (bench/shapes.py)."""
     torch.manual_seed(0)
@@ -100,6 +113,7 @@ def task_seconds(model_class, shape: dict, steps: int, folder: str, trained_gate
         save_strategy="no",
         disable_tqdm=True,
         logging_strategy="no",
+        reuse_freed_cpu_memory=reuse_memory,
     )
     timer = StepTimer()
     digits = load_domain("minimeta", "digits", "test")
@@ -135,16 +149,24 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=6)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--backbones", nargs="+", choices=sorted(BACKBONES), default=["tiny"])
+    parser.add_argument(
+        "--glibc-defaults",
+        action="store_true",
+        help="leave glibc's allocator settings as they are (reuse_freed_cpu_memory=False in every run)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    reuse = not args.glibc_defaults
+    if reuse:
+        reuse_freed_cpu_memory()
     with (
         tempfile.TemporaryDirectory() as folder,
         tqdm(total=args.repeats * (2 + 3 * len(args.backbones)), desc="bench/training") as progress,
     ):
         sam = alternate(
             {
-                "Trainer step": lambda: step_seconds(Trainer, 0.0, args.steps, folder),
-                "SAMTrainer step": lambda: step_seconds(SAMTrainer, 0.05, args.steps, folder),
+                "Trainer step": lambda: step_seconds(Trainer, 0.0, args.steps, folder, reuse),
+                "SAMTrainer step": lambda: step_seconds(SAMTrainer, 0.05, args.steps, folder, reuse),
             },
             args.repeats,
             progress,
@@ -153,13 +175,13 @@ def main() -> None:
             name: alternate(
                 {
                     f"P>M>F (ProtoNet) task, {name}": lambda shape=BACKBONES[name]: task_seconds(
-                        ProtoNetModel, shape, args.steps, folder
+                        ProtoNetModel, shape, args.steps, folder, reuse
                     ),
                     f"SMAT task, fresh gates, {name}": lambda shape=BACKBONES[name]: task_seconds(
-                        SmatModel, shape, args.steps, folder
+                        SmatModel, shape, args.steps, folder, reuse
                     ),
                     f"SMAT task, trained-like gates, {name}": lambda shape=BACKBONES[name]: task_seconds(
-                        SmatModel, shape, args.steps, folder, trained_gates=True
+                        SmatModel, shape, args.steps, folder, reuse, trained_gates=True
                     ),
                 },
                 args.repeats,
@@ -169,7 +191,8 @@ def main() -> None:
         }
     print(
         f"\nTraining ({args.threads} threads; medians of {args.repeats} alternating runs of {args.steps} steps; "
-        "SAM: tiny ViT classifier 32 px, batch 32, ρ = 0.05; tasks: 5-way 5-shot 10-query MiniMeta digits)\n"
+        "SAM: tiny ViT classifier 32 px, batch 32, ρ = 0.05; tasks: 5-way 5-shot 10-query MiniMeta digits; "
+        f"{'glibc defaults' if args.glibc_defaults else 'freed memory reused'})\n"
     )
     print("| measure | median | min–max | target |")
     print("|---|---:|---:|---|")

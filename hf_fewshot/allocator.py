@@ -21,7 +21,7 @@ TRIM_THRESHOLD = 2**31 - 1  # mallopt takes an int: up to 2 GiB of free memory s
 def reuse_freed_cpu_memory() -> bool:
     """Have glibc keep freed memory for the process's next allocations instead of returning it to the system.
 
-    Measured on the ViT-S shape (2 CPU threads): a SMAT meta-training task 11 % faster, a SMAT evaluation task 6 %
+    Measured on the ViT-S shape (2 CPU threads): a SMAT meta-training task 10–11 % faster, a SMAT evaluation task 6–9 %
     faster, peak RSS unchanged (the peak is what the process holds at its busiest either way; afterwards the
     process keeps it). Process-wide and one-way: glibc cannot go back to its adaptive thresholds. Returns True where
     applied (Linux with glibc), False where nothing was changed (another C library or system). `SAMTrainer` and

@@ -85,7 +85,7 @@ class FewShotTrainingArguments(TrainingArguments):
         default=True,
         metadata={
             "help": "Training on CPU: keep freed memory in the process for the next tasks instead of returning it to "
-            "the system (glibc; `hf_fewshot.allocator`): SMAT tasks ≈ 11 % faster, same peak memory."
+            "the system (glibc; `hf_fewshot.allocator`): SMAT tasks ≈ 10 % faster, same peak memory."
         },
     )
 
